@@ -1,0 +1,54 @@
+# Two commands matter: `make run` (the whole system with a local Kafka broker) and `make test`.
+# Both install what they need first; running them again is fast and changes nothing.
+
+PYTHON_BIN ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help prerequisites setup run test lint typecheck generate check-generated clean kafka-jars
+
+help:
+	@echo "make run       start Kafka, every service and a demo feed (Ctrl-C stops everything)"
+	@echo "make test      run the whole test suite against a real Kafka broker"
+	@echo "make lint      ruff and mypy"
+	@echo "make generate  regenerate protobuf code after changing protos/"
+	@echo "make clean     remove the virtual environment, local data and build output"
+
+prerequisites:
+	@command -v $(PYTHON_BIN) >/dev/null 2>&1 || { echo "missing $(PYTHON_BIN): install Python 3.11 (e.g. apt-get install python3.11 python3.11-venv)"; exit 1; }
+	@command -v java >/dev/null 2>&1 || { echo "missing java: install OpenJDK 17 (e.g. apt-get install openjdk-17-jdk-headless)"; exit 1; }
+	@command -v mvn >/dev/null 2>&1 || { echo "missing mvn: install Maven (e.g. apt-get install maven); it fetches Kafka's jars"; exit 1; }
+
+$(STAMP): requirements.lock pyproject.toml | prerequisites
+	@echo "setup: creating $(VENV) and installing pinned dependencies"
+	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -r requirements.lock
+	@$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+kafka-jars: $(STAMP)
+	@$(PY) -m devstack.broker fetch
+
+setup: $(STAMP) kafka-jars
+
+generate: $(STAMP)
+	@$(PY) -m devstack.codegen generate
+
+check-generated: $(STAMP)
+	@$(PY) -m devstack.codegen check
+
+run: setup
+	@$(PY) -m devstack.run
+
+lint: $(STAMP)
+	@$(VENV)/bin/ruff check services tests
+	@$(VENV)/bin/mypy services
+
+test: setup lint
+	@$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .run build deploy/kafka/lib

@@ -1,0 +1,188 @@
+"""Starts and stops the system's services as real processes against a given Kafka broker.
+
+Used by `make run` and by the end-to-end tests, so both exercise the same processes the
+deployment runs: the gRPC intake, the faust router, enforcement and victim services.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kafka import KafkaAdminClient
+
+from devstack.broker import orphan_guard_prefix
+
+
+class ServiceFailed(RuntimeError):
+    """A service exited or did not become ready; the message quotes the end of its log."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to start one service and how to tell it is ready."""
+
+    name: str
+    module_args: tuple[str, ...]
+    consumer_group: str | None = None
+    grpc_health: bool = False
+
+
+SERVICES = (
+    ServiceSpec("referral-intake", ("referral", "intake"), grpc_health=True),
+    ServiceSpec("referral-router", ("referral", "router"), consumer_group="referral-router"),
+    ServiceSpec("enforcement", ("enforcement",), consumer_group="enforcement"),
+    ServiceSpec("victim-services", ("victim_services",), consumer_group="victim-services"),
+)
+
+
+@dataclass
+class RunningService:
+    spec: ServiceSpec
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes] = field(repr=False)
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+class ServiceStack:
+    """The four service processes, configured through environment variables only."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        grpc_address: str,
+        data_dir: Path,
+        trace_dir: Path,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        progress: Callable[[str], None] = lambda _message: None,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.grpc_address = grpc_address
+        self.log_dir = log_dir
+        self.progress = progress
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+            "REFERRAL_GRPC_ADDR": grpc_address,
+            "CTROUTE_DATA_DIR": str(data_dir),
+            "CTROUTE_TRACE_DIR": str(trace_dir),
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        self.running: dict[str, RunningService] = {}
+
+    def start(self, timeout: float = 90) -> None:
+        """Start every service and wait until each is ready (consumers joined, gRPC serving)."""
+        for spec in SERVICES:
+            self.start_service(spec)
+        deadline = time.monotonic() + timeout
+        for spec in SERVICES:
+            self.wait_ready(spec, deadline)
+
+    def start_service(self, spec: ServiceSpec) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{spec.name}.log"
+        log_file = log_path.open("ab")
+        process = subprocess.Popen(
+            [*orphan_guard_prefix(), sys.executable, "-m", *spec.module_args],
+            env={**self.env, "OTEL_SERVICE_NAME": spec.name},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.running[spec.name] = RunningService(spec, process, log_path, log_file)
+        self.progress(f"{spec.name}: started (pid {process.pid}, log {log_path})")
+
+    def wait_ready(self, spec: ServiceSpec, deadline: float) -> None:
+        service = self.running[spec.name]
+        started = time.monotonic()
+        while True:
+            if service.process.poll() is not None:
+                raise ServiceFailed(
+                    f"{spec.name} exited with code {service.process.returncode}; "
+                    f"end of {service.log_path}:\n{_log_tail(service.log_path)}"
+                )
+            if self._is_ready(spec):
+                self.progress(f"{spec.name}: ready in {time.monotonic() - started:.1f}s")
+                return
+            if time.monotonic() > deadline:
+                raise ServiceFailed(
+                    f"{spec.name} was not ready in time; end of {service.log_path}:\n"
+                    f"{_log_tail(service.log_path)}"
+                )
+            time.sleep(0.2)
+
+    def _is_ready(self, spec: ServiceSpec) -> bool:
+        if spec.grpc_health:
+            with grpc.insecure_channel(self.grpc_address) as channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=""), timeout=1
+                    )
+                except grpc.RpcError:
+                    return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        assert spec.consumer_group is not None
+        return consumer_group_assigned(self.bootstrap_servers, spec.consumer_group)
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send a signal to one service (chaos tests kill -9 the router)."""
+        self.running[name].process.send_signal(sig)
+        self.running[name].process.wait(timeout=30)
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM every service, wait for a clean exit, SIGKILL what does not stop."""
+        for service in self.running.values():
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for service in self.running.values():
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                service.process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait(timeout=10)
+            service.log_file.close()
+            self.progress(f"{service.spec.name}: stopped")
+        self.running.clear()
+
+
+def consumer_group_assigned(bootstrap_servers: str, group: str) -> bool:
+    """True when the consumer group is stable with partitions assigned to a member."""
+    admin = None
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+        description = admin.describe_groups([group]).get(group) or {}
+        if description.get("group_state") != "Stable":
+            return False
+        return any(
+            (member.get("member_assignment") or {}).get("assigned_partitions")
+            for member in description.get("members", [])
+        )
+    except Exception:
+        return False
+    finally:
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                admin.close()

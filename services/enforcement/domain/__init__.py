@@ -1,0 +1,1 @@
+"""Enforcement domain logic, free of Kafka, gRPC and protobuf."""

@@ -1,0 +1,48 @@
+"""Configuration, read only from environment variables, with defaults that work on a laptop.
+
+Every variable the system reads is defined here so the operations guide has one place to list.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
+
+
+def kafka_bootstrap_servers() -> str:
+    """Comma-separated host:port list of the Kafka brokers (`KAFKA_BOOTSTRAP_SERVERS`)."""
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_KAFKA_BOOTSTRAP)
+
+
+def grpc_address() -> str:
+    """Address the referral service's gRPC server listens on (`REFERRAL_GRPC_ADDR`)."""
+    return os.environ.get("REFERRAL_GRPC_ADDR", DEFAULT_GRPC_ADDRESS)
+
+
+def data_dir() -> Path:
+    """Folder for the services' local state such as the intake ledger (`CTROUTE_DATA_DIR`)."""
+    return Path(os.environ.get("CTROUTE_DATA_DIR", ".run/data"))
+
+
+def trace_dir() -> Path:
+    """Folder for local span files when no OTLP endpoint is set (`CTROUTE_TRACE_DIR`)."""
+    return Path(os.environ.get("CTROUTE_TRACE_DIR", ".run/traces"))
+
+
+def otlp_endpoint() -> str | None:
+    """OTLP gRPC endpoint for spans (`OTEL_EXPORTER_OTLP_ENDPOINT`); unset means local files."""
+    return os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+
+
+def tracing_enabled() -> bool:
+    """Tracing is on unless `CTROUTE_TRACING=off` (the benchmark measures its cost)."""
+    return os.environ.get("CTROUTE_TRACING", "on").lower() not in {"off", "0", "false"}
+
+
+def policy_path() -> Path | None:
+    """Routing and release policy file (`CTROUTE_POLICY`); unset means the shipped default."""
+    value = os.environ.get("CTROUTE_POLICY")
+    return Path(value) if value else None

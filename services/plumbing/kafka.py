@@ -1,0 +1,249 @@
+"""Publishing and consuming contract events on Kafka with kafka-python.
+
+The publisher sets the CloudEvents headers and the trace context and waits for `acks=all` only
+where the caller needs it. The consumer loop processes records in batches, opens a consumer span
+that is a child of the producer's span, sends records it cannot decode or accept to the
+dead-letter topic with their origin, and commits offsets only after the batch's own publishes
+are acknowledged: a crash replays records (at least once) and never loses one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.message import Message
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from plumbing import topics
+from plumbing.envelope import Envelope, EnvelopeError, Headers, decode_event, event_headers
+from plumbing.telemetry import extract_trace_context, inject_trace_context
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("ctroute.plumbing.kafka")
+
+MAX_HANDLER_ATTEMPTS = 3
+
+
+class RejectedEvent(Exception):
+    """Raised by a handler for an event that can never be processed; it goes to dead letters.
+
+    The message must not contain personal data: it is stored in a header and shown to operators.
+    """
+
+
+def security_settings() -> dict[str, Any]:
+    """kafka-python settings for the broker's security, from the environment (plaintext today)."""
+    return {}
+
+
+class EventPublisher:
+    """Publishes contract events: protobuf value, referral id key, CloudEvents headers."""
+
+    def __init__(self, bootstrap_servers: str, *, source: str, linger_ms: int = 5) -> None:
+        self.source = source
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=source,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=linger_ms,
+            compression_type=None,
+            **security_settings(),
+        )
+
+    def publish(
+        self,
+        topic: str,
+        key: str,
+        event: Message,
+        *,
+        event_id: str | None = None,
+        extra_headers: Headers | None = None,
+    ) -> FutureRecordMetadata:
+        """Send one event; the returned future resolves when the broker has it (acks=all)."""
+        with tracer.start_as_current_span(
+            f"{topic} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": topic,
+                "messaging.kafka.message.key": key,
+                "cloudevents.event_type": event.DESCRIPTOR.full_name,
+            },
+        ):
+            headers = event_headers(event, source=self.source, event_id=event_id)
+            headers.extend(extra_headers or [])
+            inject_trace_context(headers)
+            return self._producer.send(
+                topic, key=key.encode(), value=event.SerializeToString(), headers=headers
+            )
+
+    def publish_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> FutureRecordMetadata:
+        """Send a record as it is (used for dead letters, which keep the original bytes)."""
+        return self._producer.send(topic, key=key, value=value, headers=headers)
+
+    def flush(self, timeout: float | None = 30) -> None:
+        """Block until every sent record is acknowledged or failed."""
+        self._producer.flush(timeout=timeout)
+
+    def close(self, timeout: float = 10) -> None:
+        self._producer.close(timeout=timeout)
+
+
+@dataclass(frozen=True)
+class ConsumedEvent:
+    """One decoded record handed to a service's handler."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    envelope: Envelope
+    event: Message
+    headers: Sequence[tuple[str, bytes | None]]
+
+
+Handler = Callable[[ConsumedEvent], None]
+
+
+def dead_letter_headers(record: Any, *, error: str, group_id: str, attempts: int) -> Headers:
+    """The original headers plus where the record came from and why it was rejected."""
+    headers: Headers = [(k, v) for k, v in (record.headers or []) if v is not None]
+    headers += [
+        ("dlq_error", error.encode()),
+        ("dlq_topic", record.topic.encode()),
+        ("dlq_partition", str(record.partition).encode()),
+        ("dlq_offset", str(record.offset).encode()),
+        ("dlq_consumer_group", group_id.encode()),
+        ("dlq_attempts", str(attempts).encode()),
+        ("dlq_time", datetime.now(UTC).isoformat().encode()),
+    ]
+    return headers
+
+
+class EventConsumer:
+    """A consume loop over contract events with dead-lettering and commit-after-publish."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        group_id: str,
+        topic_names: Sequence[str] = (),
+        topic_pattern: str | None = None,
+        publisher: EventPublisher,
+        client_id: str | None = None,
+    ) -> None:
+        self.group_id = group_id
+        self._publisher = publisher
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=client_id or group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=500,
+            **security_settings(),
+        )
+        if topic_pattern:
+            self._consumer.subscribe(pattern=topic_pattern)
+        else:
+            self._consumer.subscribe(topics=list(topic_names))
+
+    def run(self, handler: Handler, stop: threading.Event) -> None:
+        """Process records until `stop` is set, then commit what was processed and close."""
+        try:
+            while not stop.is_set():
+                batches = self._consumer.poll(timeout_ms=200)
+                if not batches:
+                    continue
+                for records in batches.values():
+                    for record in records:
+                        self._process(record, handler)
+                self._publisher.flush()
+                self._consumer.commit()
+        finally:
+            self._consumer.close(autocommit=False)
+
+    def _process(self, record: Any, handler: Handler) -> None:
+        try:
+            envelope, event = decode_event(record.headers, record.value)
+        except EnvelopeError as error:
+            self._dead_letter(record, f"undecodable record: {error}", attempts=1)
+            return
+        parent = extract_trace_context(record.headers)
+        attempts = 0
+        while True:
+            attempts += 1
+            with tracer.start_as_current_span(
+                f"{record.topic} process",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": record.topic,
+                    "messaging.kafka.destination.partition": record.partition,
+                    "messaging.kafka.message.offset": record.offset,
+                    "messaging.consumer.group.name": self.group_id,
+                    "cloudevents.event_id": envelope.event_id,
+                    "cloudevents.event_type": envelope.event_type,
+                },
+            ) as span:
+                try:
+                    handler(
+                        ConsumedEvent(
+                            topic=record.topic,
+                            partition=record.partition,
+                            offset=record.offset,
+                            key=(record.key or b"").decode("utf-8", errors="replace"),
+                            envelope=envelope,
+                            event=event,
+                            headers=record.headers or [],
+                        )
+                    )
+                    return
+                except RejectedEvent as error:
+                    span.set_attribute("ctroute.dead_lettered", True)
+                    self._dead_letter(record, f"rejected: {error}", attempts=attempts)
+                    return
+                except Exception as error:
+                    # Only the exception type is recorded: messages can quote personal data.
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+                    if attempts >= MAX_HANDLER_ATTEMPTS:
+                        log.error(
+                            "giving up on %s[%d]@%d after %d attempts: %s",
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                            attempts,
+                            type(error).__name__,
+                        )
+                        self._dead_letter(
+                            record, f"handler failed: {type(error).__name__}", attempts=attempts
+                        )
+                        return
+                    time.sleep(0.1 * attempts)
+
+    def _dead_letter(self, record: Any, error: str, *, attempts: int) -> None:
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, error
+        )
+        self._publisher.publish_raw(
+            topics.DEAD_LETTER,
+            record.key,
+            record.value,
+            dead_letter_headers(record, error=error, group_id=self.group_id, attempts=attempts),
+        )

@@ -1,0 +1,1 @@
+"""refctl: the one command-line tool for operators and partners."""

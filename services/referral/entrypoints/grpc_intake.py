@@ -1,0 +1,157 @@
+"""The gRPC intake: component systems submit, amend and withdraw referrals here.
+
+A thin translator: check the request against the contract, assign the referral id, and publish
+the event; only when Kafka has acknowledged it (acks=all) does the caller hear "accepted".
+Nothing invalid reaches Kafka, and errors name fields and rules, never values.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc, lifecycle_pb2
+from plumbing import topics
+from plumbing.kafka import EventPublisher
+from plumbing.validation import FieldViolation, violations_of
+from referral.adapters.ledger import IntakeLedger, LedgerEntry, referral_id_for
+
+log = logging.getLogger(__name__)
+
+MAX_REFERRAL_BYTES = 512 * 1024
+"""Documented limit on a serialized request; attachments travel by reference."""
+
+PUBLISH_TIMEOUT_SECONDS = 10.0
+
+
+def _abort_invalid(context: grpc.ServicerContext, violations: list[FieldViolation]) -> None:
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.reason)
+            for v in violations
+        ]
+    )
+    detail = status_pb2.Status().details.add()
+    detail.Pack(bad_request)
+    summary = "; ".join(str(v) for v in violations)
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT,
+        message=f"invalid request ({len(violations)} problem(s)): {summary}",
+        details=[detail],
+    )
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def _check(request: Message, context: grpc.ServicerContext) -> None:
+    size = request.ByteSize()
+    if size > MAX_REFERRAL_BYTES:
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request is {size} bytes; the limit is {MAX_REFERRAL_BYTES} bytes (512 KiB): "
+            "send attachments by reference (referral.attachments[].uri), not inline",
+        )
+    violations = violations_of(request)
+    if violations:
+        _abort_invalid(context, violations)
+
+
+class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
+    """ReferralIntakeService over a Kafka publisher and the intake ledger."""
+
+    def __init__(self, publisher: EventPublisher, ledger: IntakeLedger) -> None:
+        self._publisher = publisher
+        self._ledger = ledger
+
+    def _publish(self, context: grpc.ServicerContext, key: str, event: Message) -> None:
+        try:
+            self._publisher.publish(topics.SUBMITTED, key, event).get(
+                timeout=PUBLISH_TIMEOUT_SECONDS
+            )
+        except Exception as error:
+            log.error("publishing to %s failed: %s", topics.SUBMITTED, type(error).__name__)
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the referral could not be handed to Kafka, so it was NOT accepted; "
+                "retry the same request (it is safe: duplicates are recognised)",
+            )
+
+    def SubmitReferral(
+        self, request: intake_pb2.SubmitReferralRequest, context: grpc.ServicerContext
+    ) -> intake_pb2.SubmitReferralResponse:
+        _check(request, context)
+        referral = request.referral
+        existing = self._ledger.find(referral.source, referral.source_reference)
+        if existing is not None:
+            response = intake_pb2.SubmitReferralResponse(
+                referral_id=existing.referral_id, duplicate=True
+            )
+            response.received_at.FromDatetime(existing.received_at)
+            return response
+        entry = LedgerEntry(
+            referral_id_for(referral.source, referral.source_reference), datetime.now(UTC)
+        )
+        event = lifecycle_pb2.ReferralSubmitted(submitted_by=referral.source)
+        event.referral.CopyFrom(referral)
+        event.referral.referral_id = entry.referral_id
+        event.referral.received_at.FromDatetime(entry.received_at)
+        self._publish(context, entry.referral_id, event)
+        self._ledger.record(referral.source, referral.source_reference, entry)
+        log.info("accepted referral %s from %s", entry.referral_id, referral.source)
+        response = intake_pb2.SubmitReferralResponse(referral_id=entry.referral_id)
+        response.received_at.FromDatetime(entry.received_at)
+        return response
+
+    def _owned_referral(
+        self, context: grpc.ServicerContext, referral_id: str, source: str
+    ) -> tuple[str, str]:
+        known = self._ledger.find_by_id(referral_id)
+        if known is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no referral with id {referral_id}")
+            raise AssertionError("unreachable")
+        if known[0] != source:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"referral {referral_id} was submitted by another source; only it may change it",
+            )
+        return known
+
+    def AmendReferral(
+        self, request: intake_pb2.AmendReferralRequest, context: grpc.ServicerContext
+    ) -> intake_pb2.AmendReferralResponse:
+        _check(request, context)
+        _, source_reference = self._owned_referral(
+            context, request.referral_id, request.referral.source
+        )
+        if request.referral.source_reference != source_reference:
+            _abort_invalid(
+                context,
+                [
+                    FieldViolation(
+                        "referral.source_reference",
+                        "must match the original referral's source_reference",
+                        "amend.same_source_reference",
+                    )
+                ],
+            )
+        event = lifecycle_pb2.ReferralAmended(reason=request.reason)
+        event.referral.CopyFrom(request.referral)
+        event.referral.referral_id = request.referral_id
+        event.referral.received_at.FromDatetime(datetime.now(UTC))
+        self._publish(context, request.referral_id, event)
+        return intake_pb2.AmendReferralResponse(referral_id=request.referral_id)
+
+    def WithdrawReferral(
+        self, request: intake_pb2.WithdrawReferralRequest, context: grpc.ServicerContext
+    ) -> intake_pb2.WithdrawReferralResponse:
+        _check(request, context)
+        self._owned_referral(context, request.referral_id, request.source)
+        event = lifecycle_pb2.ReferralWithdrawn(
+            referral_id=request.referral_id, reason=request.reason
+        )
+        self._publish(context, request.referral_id, event)
+        return intake_pb2.WithdrawReferralResponse(referral_id=request.referral_id)

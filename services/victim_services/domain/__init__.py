@@ -1,0 +1,1 @@
+"""Victim-services domain logic, free of Kafka, gRPC and protobuf."""
