@@ -105,7 +105,7 @@ class ServiceStack:
         log_file = log_path.open("ab")
         process = subprocess.Popen(
             [*orphan_guard_prefix(), sys.executable, "-m", *spec.module_args],
-            env={**self.env, "OTEL_SERVICE_NAME": spec.name},
+            env=self.env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -133,13 +133,18 @@ def test_default_release_profiles_follow_the_release_table() -> None:
         Sensitivity.IMMIGRATION,
     }
     for ngo in policy.ngo_regions:
-        assert policy.profile_for(ngo).classes == {Sensitivity.OPERATIONAL, Sensitivity.VICTIM_NEEDS}
+        assert policy.profile_for(ngo).classes == {
+            Sensitivity.OPERATIONAL,
+            Sensitivity.VICTIM_NEEDS,
+        }
         assert policy.profile_for(ngo).victim_identity.consent_scope is (
             ConsentScope.VICTIM_SERVICES_REFERRAL
         )
     # Reporter identity goes to HSI and the CCHT desk only.
     assert {
-        p for p, prof in policy.release_profiles.items() if Sensitivity.REPORTER_IDENTITY in prof.classes
+        p
+        for p, prof in policy.release_profiles.items()
+        if Sensitivity.REPORTER_IDENTITY in prof.classes
     } == {"hsi", "ccht"}
     # Identity modes of the table.
     modes = {p: prof.victim_identity.mode for p, prof in policy.release_profiles.items()}
@@ -147,10 +152,12 @@ def test_default_release_profiles_follow_the_release_table() -> None:
     assert modes["hsi-vap"] == modes["ccht"] == "always"
     hsi = policy.profile_for("hsi").victim_identity
     assert hsi.consent_scope is ConsentScope.LAW_ENFORCEMENT_CONTACT
-    assert hsi.minor_override and hsi.imminent_danger_override
+    assert hsi.minor_override
+    assert hsi.imminent_danger_override
     uscis = policy.profile_for("uscis").victim_identity
     assert uscis.consent_scope is ConsentScope.IMMIGRATION_RELIEF
-    assert not (uscis.minor_override or uscis.imminent_danger_override)
+    assert not uscis.minor_override
+    assert not uscis.imminent_danger_override
 
 
 def test_vocabulary_is_documented() -> None:
@@ -169,7 +176,10 @@ def test_version_changes_when_the_content_changes(tmp_path: Path) -> None:
     changed = load_policy(
         write(
             tmp_path,
-            edit("    route_to: [uscis]\n    priority: ROUTINE", "    route_to: [uscis]\n    priority: HIGH"),
+            edit(
+                "    route_to: [uscis]\n    priority: ROUTINE",
+                "    route_to: [uscis]\n    priority: HIGH",
+            ),
             "d.yaml",
         )
     )
@@ -207,7 +217,9 @@ def test_unknown_condition(tmp_path: Path) -> None:
     )
     err = load_error(tmp_path, text)
     assert err.line == line_of(text, "victim_consented_to")
-    assert err.reason.startswith('rule "R8": unknown condition "victim_consented_to"; expected one of:')
+    assert err.reason.startswith(
+        'rule "R8": unknown condition "victim_consented_to"; expected one of:'
+    )
     assert "adult_victim_consented" in err.reason
 
 
@@ -238,7 +250,8 @@ def test_declared_partner_without_release_profile(tmp_path: Path) -> None:
 
 def test_bad_priority(tmp_path: Path) -> None:
     text = edit(
-        "    route_to: [uscg, hsi]\n    priority: HIGH\n", "    route_to: [uscg, hsi]\n    priority: ASAP\n"
+        "    route_to: [uscg, hsi]\n    priority: HIGH\n",
+        "    route_to: [uscg, hsi]\n    priority: ASAP\n",
     )
     err = load_error(tmp_path, text)
     assert err.line == line_of(text, "priority: ASAP")
@@ -267,7 +280,10 @@ def test_duplicate_rule_id(tmp_path: Path) -> None:
             id="unknown-top-level-key",
         ),
         pytest.param(
-            "schema_version: 1\n", "schema_version: 2\n", "schema_version", "schema_version must be 1",
+            "schema_version: 1\n",
+            "schema_version: 2\n",
+            "schema_version",
+            "schema_version must be 1",
             id="schema-version",
         ),
         pytest.param(
@@ -328,7 +344,8 @@ def test_duplicate_rule_id(tmp_path: Path) -> None:
         ),
         pytest.param(
             "  uscis:\n    classes",
-            "  uscis-x:\n    classes: [OPERATIONAL]\n    victim_identity: never\n  uscis:\n    classes",
+            "  uscis-x:\n    classes: [OPERATIONAL]\n    victim_identity: never\n"
+            "  uscis:\n    classes",
             "uscis-x:",
             'release profile "uscis-x": unknown partner',
             id="profile-for-unknown-partner",

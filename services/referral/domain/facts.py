@@ -101,31 +101,30 @@ class Priority(StrEnum):
         """The priority with this rank (1 to 3)."""
         return _PRIORITY_BY_RANK[rank]
 
-    # Comparisons are by urgency. Comparing with anything but a Priority is refused rather than
-    # falling back to string order, which would silently rank HIGH below ROUTINE.
+    # Comparisons are by urgency. Comparing with anything but a Priority (a plain string in
+    # particular) is refused rather than falling back to string order, which would silently rank
+    # HIGH below ROUTINE.
     def __lt__(self, other: object) -> bool:
-        if not isinstance(other, Priority):
-            return NotImplemented
-        return _PRIORITY_RANK[self] < _PRIORITY_RANK[other]
+        return _PRIORITY_RANK[self] < _rank_of(other)
 
     def __le__(self, other: object) -> bool:
-        if not isinstance(other, Priority):
-            return NotImplemented
-        return _PRIORITY_RANK[self] <= _PRIORITY_RANK[other]
+        return _PRIORITY_RANK[self] <= _rank_of(other)
 
     def __gt__(self, other: object) -> bool:
-        if not isinstance(other, Priority):
-            return NotImplemented
-        return _PRIORITY_RANK[self] > _PRIORITY_RANK[other]
+        return _PRIORITY_RANK[self] > _rank_of(other)
 
     def __ge__(self, other: object) -> bool:
-        if not isinstance(other, Priority):
-            return NotImplemented
-        return _PRIORITY_RANK[self] >= _PRIORITY_RANK[other]
+        return _PRIORITY_RANK[self] >= _rank_of(other)
 
 
 _PRIORITY_RANK: dict[Priority, int] = {Priority.ROUTINE: 1, Priority.HIGH: 2, Priority.URGENT: 3}
 _PRIORITY_BY_RANK: dict[int, Priority] = {rank: p for p, rank in _PRIORITY_RANK.items()}
+
+
+def _rank_of(other: object) -> int:
+    if not isinstance(other, Priority):
+        raise TypeError(f"a Priority can only be compared with a Priority, not {other!r}")
+    return _PRIORITY_RANK[other]
 
 
 class ReleaseBasis(StrEnum):

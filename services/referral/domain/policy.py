@@ -20,23 +20,45 @@ The file format (``schema_version: 1``)::
     schema_version: 1
     partners:                      # every recipient, id -> who it is
       hsi: ICE Homeland Security Investigations
+      ccht: Center for Countering Human Trafficking duty desk
       ngo-west: Victim-advocacy NGO, West region
     ngo_regions:                   # NGO partner -> the US states and territories it serves
       ngo-west: [CA, NV, OR, WA]
     release_profiles:              # partner id or glob pattern -> what it may receive
       hsi:
         classes: [OPERATIONAL, LAW_ENFORCEMENT_SENSITIVE, VICTIM_NEEDS]
-        victim_identity: if_released          # always | never | if_released
-      "ngo-*":
+        victim_identity: if_released          # always | never | if_released | {with_consent..}
+      ccht:
+        classes: [OPERATIONAL, LAW_ENFORCEMENT_SENSITIVE, VICTIM_NEEDS]
+        victim_identity: always
+      "ngo-*":                     # exact ids win over patterns; two patterns may not overlap
         classes: [OPERATIONAL, VICTIM_NEEDS]
-        victim_identity: {with_consent: VICTIM_SERVICES_REFERRAL}
+        victim_identity:
+          with_consent: VICTIM_SERVICES_REFERRAL
+          victims_in_region_only: true        # optional: only victims of the NGO's region
+          # overrides: [minor, imminent_danger]   optional
     rules:
       - id: R1
         description: Any trafficking indicator goes to HSI.
-        when: [any_trafficking_indicator]     # all must hold
-        when_any: []                          # optional: at least one must hold
-        route_to: [hsi]
+        when: [any_trafficking_indicator]     # all must hold; see CONDITIONS
+        # when_any: [...]                       optional: at least one must hold
+        route_to: [hsi]                       # partner ids, all_chosen, ngo_region_of_...
+        priority: HIGH                        # ROUTINE, HIGH, URGENT
+      - id: R8
+        description: Consenting adults go to the NGO of their state.
+        when:
+          - adult_victim_consented: VICTIM_SERVICES_REFERRAL
+        route_to: [ngo_region_of_consenting_victims]
         priority: HIGH
+      - id: R0                                # a catch-all rule is required
+        description: No other rule matched; the CCHT desk triages.
+        when: [no_other_rule]
+        route_to: [ccht]
+        priority: ROUTINE
+
+A condition is a name (``imminent_danger``) or a one-key mapping with its argument
+(``adult_victim_consented: VICTIM_SERVICES_REFERRAL``, ``source_is: [bli-airline]``,
+``any_of: [...]``); CONDITIONS lists the vocabulary.
 
 Routing itself (turning these rules into a decision) lives in :mod:`referral.domain.routing`.
 """
