@@ -9,6 +9,7 @@ the last acknowledgement.
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,6 +76,10 @@ def inject_trace_context(headers: list[tuple[str, bytes]]) -> None:
     """Append the current W3C trace context (traceparent, tracestate) to Kafka headers."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
+    if "traceparent" not in carrier:
+        # No recording trace here (tracing switched off, or a caller outside any trace): start
+        # an unsampled one, so every record still carries a trace id that hops can continue.
+        carrier["traceparent"] = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
     headers.extend((key, value.encode()) for key, value in carrier.items())
 
 

@@ -47,9 +47,14 @@ def violations_of(message: Message) -> list[FieldViolation]:
     """Every violation of the message's declared constraints, in declaration order."""
     try:
         found = _validator.collect_violations(message)
-    except protovalidate.EvaluationError as error:
+    except protovalidate.EvaluationError:
         # A rule that could not be evaluated means the input was outside what the rule expects.
-        return [FieldViolation("", f"the request could not be checked: {error}", "evaluation")]
+        # The evaluator's own text can quote input values, so it is not passed on.
+        return [
+            FieldViolation(
+                "", "the request could not be checked against the contract", "evaluation"
+            )
+        ]
     result = []
     for violation in found:
         proto = violation.proto

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from ctroute.referral.v1 import intake_pb2_grpc
 
+from ctroute.referral.v1 import intake_pb2_grpc
 from devstack.broker import EmbeddedKafka, Progress, free_port
 from devstack.stack import ServiceStack
 from plumbing import topics

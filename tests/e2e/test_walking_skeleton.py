@@ -9,10 +9,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ctroute.partner.v1 import delivery_pb2
-from ctroute.referral.v1 import intake_pb2, lifecycle_pb2
 from google.protobuf import json_format
 
+from ctroute.partner.v1 import delivery_pb2
+from ctroute.referral.v1 import intake_pb2, lifecycle_pb2
 from plumbing import topics
 from tests.e2e.conftest import RunningSystem
 from tests.kafka_reading import LandedRecord, read_all, read_until

@@ -314,10 +314,10 @@ CASES = [
     Case(
         "referral-id-set-by-caller",
         _set(referral_id="ref-chosen-by-caller"),
-        ["referral"],
+        ["referral.referral_id"],
         ("ref-chosen-by-caller",),
     ),
-    Case("received-at-set-by-caller", _caller_received_at, ["referral"]),
+    Case("received-at-set-by-caller", _caller_received_at, ["referral.received_at"]),
     Case(
         "consent-without-expiry",
         _consent(expires_in=None),

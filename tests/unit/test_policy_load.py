@@ -8,10 +8,12 @@ the edited text rather than hard-coded, so comments in the default can change fr
 from __future__ import annotations
 
 import hashlib
+import textwrap
 from pathlib import Path
 
 import pytest
 
+from referral.domain import policy as policy_module
 from referral.domain.facts import ConsentScope, Priority, Sensitivity
 from referral.domain.policy import (
     CONDITIONS,
@@ -158,6 +160,14 @@ def test_default_release_profiles_follow_the_release_table() -> None:
     assert uscis.consent_scope is ConsentScope.IMMIGRATION_RELIEF
     assert not uscis.minor_override
     assert not uscis.imminent_danger_override
+
+
+def test_the_documented_example_policy_loads() -> None:
+    doc = policy_module.__doc__ or ""
+    example = doc.split("::\n\n", 1)[1].split("\nA condition", 1)[0]
+    policy = parse_policy(textwrap.dedent(example), "example.yaml")
+    assert [r.id for r in policy.rules] == ["R1", "R8", "R0"]
+    assert policy.profile_for("ngo-west").victim_identity.victims_in_region_only
 
 
 def test_vocabulary_is_documented() -> None:

@@ -76,10 +76,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
-# PyYAML ships no type information and the project's lock has no stub package for it; everything
-# taken from it is converted into the typed node tree below right away. The second code keeps
-# mypy quiet once stubs are installed.
-import yaml  # type: ignore[import-untyped, unused-ignore]
+import yaml
 
 from referral.domain.facts import ConsentScope, Indicator, LocationKind, Priority, Sensitivity
 

@@ -580,6 +580,8 @@ def _all_of(checks: tuple[_Check, ...]) -> _Check:
 
 
 class _CompiledRule:
+    """A rule with its conditions compiled into one check and its static targets split off."""
+
     __slots__ = ("check", "index", "ngo", "rank", "rule", "static_targets")
 
     def __init__(self, index: int, rule: Rule) -> None:
@@ -619,6 +621,8 @@ class _CompiledRule:
 
 
 class _CompiledProfile:
+    """A partner's release profile with both possible class sets precomputed."""
+
     __slots__ = ("identity", "identity_key", "region", "with_identity", "without_identity")
 
     def __init__(
@@ -636,8 +640,9 @@ class _CompiledProfile:
 
 
 class _Plan:
+    """A policy compiled for evaluation, with its rules split into the three phases."""
+
     __slots__ = (
-        "__weakref__",
         "catch_all",
         "ngo_by_state",
         "ordinary",
@@ -672,6 +677,7 @@ class _Plan:
             self.profiles[partner] = _CompiledProfile(key, profile.classes, identity, region)
 
 
+# Compiled once per Policy object; a policy nobody holds any more is dropped with its plan.
 _PLANS: weakref.WeakKeyDictionary[Policy, _Plan] = weakref.WeakKeyDictionary()
 
 

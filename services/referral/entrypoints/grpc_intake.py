@@ -47,6 +47,18 @@ def _abort_invalid(context: grpc.ServicerContext, violations: list[FieldViolatio
     context.abort_with_status(rpc_status.to_status(status))
 
 
+# Rules declared on the `referral` field of the request are about one of its fields; name it.
+_FIELD_OF_RULE = {
+    "submit.referral_id_assigned_by_system": "referral.referral_id",
+    "submit.received_at_set_by_system": "referral.received_at",
+}
+
+
+def _precise(violation: FieldViolation) -> FieldViolation:
+    path = _FIELD_OF_RULE.get(violation.rule_id)
+    return FieldViolation(path, violation.reason, violation.rule_id) if path else violation
+
+
 def _check(request: Message, context: grpc.ServicerContext) -> None:
     size = request.ByteSize()
     if size > MAX_REFERRAL_BYTES:
@@ -55,7 +67,7 @@ def _check(request: Message, context: grpc.ServicerContext) -> None:
             f"request is {size} bytes; the limit is {MAX_REFERRAL_BYTES} bytes (512 KiB): "
             "send attachments by reference (referral.attachments[].uri), not inline",
         )
-    violations = violations_of(request)
+    violations = [_precise(v) for v in violations_of(request)]
     if violations:
         _abort_invalid(context, violations)
 

@@ -27,7 +27,9 @@ if _version_not_supported:
 
 class ReferralIntakeServiceStub:
     """ReferralIntakeService is how component systems hand referrals to the router. A serialized
-    request may be at most 512 KiB; attachments travel by reference, never inline.
+    request may be at most 512 KiB (answered INVALID_ARGUMENT naming the limit); attachments travel
+    by reference, never inline. Above 4 MiB the gRPC transport itself refuses the message with
+    RESOURCE_EXHAUSTED before the service sees it.
     """
 
     def __init__(self, channel):
@@ -55,7 +57,9 @@ class ReferralIntakeServiceStub:
 
 class ReferralIntakeServiceServicer:
     """ReferralIntakeService is how component systems hand referrals to the router. A serialized
-    request may be at most 512 KiB; attachments travel by reference, never inline.
+    request may be at most 512 KiB (answered INVALID_ARGUMENT naming the limit); attachments travel
+    by reference, never inline. Above 4 MiB the gRPC transport itself refuses the message with
+    RESOURCE_EXHAUSTED before the service sees it.
     """
 
     def SubmitReferral(self, request, context):
@@ -108,7 +112,9 @@ def add_ReferralIntakeServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ReferralIntakeService:
     """ReferralIntakeService is how component systems hand referrals to the router. A serialized
-    request may be at most 512 KiB; attachments travel by reference, never inline.
+    request may be at most 512 KiB (answered INVALID_ARGUMENT naming the limit); attachments travel
+    by reference, never inline. Above 4 MiB the gRPC transport itself refuses the message with
+    RESOURCE_EXHAUSTED before the service sees it.
     """
 
     @staticmethod
