@@ -146,9 +146,18 @@ class ServiceStack:
         return consumer_group_assigned(self.bootstrap_servers, spec.consumer_group)
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Send a signal to one service (chaos tests kill -9 the router)."""
-        self.running[name].process.send_signal(sig)
-        self.running[name].process.wait(timeout=30)
+        """Send a signal to one service and wait for it to exit (SIGKILL: a crash)."""
+        service = self.running.pop(name)
+        service.process.send_signal(sig)
+        service.process.wait(timeout=30)
+        service.log_file.close()
+        self.progress(f"{name}: {sig.name} sent, exited with {service.process.returncode}")
+
+    def restart(self, name: str, timeout: float = 90) -> None:
+        """Start a service that was killed, and wait until it is ready again."""
+        spec = next(spec for spec in SERVICES if spec.name == name)
+        self.start_service(spec)
+        self.wait_ready(spec, time.monotonic() + timeout)
 
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM every service, wait for a clean exit, SIGKILL what does not stop."""

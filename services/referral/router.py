@@ -11,7 +11,9 @@ import logging
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from opentelemetry import trace
 
@@ -38,6 +40,32 @@ def _where(error: BaseException) -> str:
     """file:line where an exception was raised: enough to debug, without its message."""
     frames = traceback.extract_tb(error.__traceback__)
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+class RoutedRevisions(Protocol):
+    """Which revisions of which referrals were already routed, kept durably.
+
+    The faust adapter keeps it in a changelog-backed table partitioned like the submitted topic,
+    so it moves with its partitions on a rebalance and survives a crash.
+    """
+
+    def seen(self, referral_id: str, revision: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class RouterOutput:
+    """What one consumed record leads to: the records to publish, and the revision to remember
+    as routed once they are all acknowledged."""
+
+    records: list[OutboundRecord]
+    routed: tuple[str, str] | None = None
+
+
+class NothingRoutedYet:
+    """RoutedRevisions for a router without memory (tools and tests)."""
+
+    def seen(self, referral_id: str, revision: str) -> bool:
+        return False
 
 
 class UnexpectedEvent(Exception):
@@ -85,14 +113,16 @@ class ReferralRouter:
         self.clock = clock
         self.group_id = group_id
 
-    def handle(self, record: RawRecord) -> list[OutboundRecord]:
+    def handle(self, record: RawRecord, routed: RoutedRevisions | None = None) -> RouterOutput:
         """The records to publish for one consumed record (dead letter included)."""
         try:
             envelope, event = decode_event(record.headers, record.value)
         except EnvelopeError as error:
-            return [self._dead_letter(record, f"undecodable record: {error}")]
+            return RouterOutput([self._dead_letter(record, f"undecodable record: {error}")])
         try:
-            return self._dispatch(envelope.event_type, envelope.event_id, event)
+            return self._dispatch(
+                envelope.event_type, envelope.event_id, event, routed or NothingRoutedYet()
+            )
         except Exception as error:
             # A record the router cannot route must not stop the pipeline; it is parked with its
             # origin for an operator. Only the exception type is recorded: messages can quote data.
@@ -104,14 +134,36 @@ class ReferralRouter:
                 type(error).__name__,
                 _where(error),
             )
-            return [self._dead_letter(record, f"routing failed: {type(error).__name__}")]
+            return RouterOutput(
+                [self._dead_letter(record, f"routing failed: {type(error).__name__}")]
+            )
 
-    def _dispatch(self, event_type: str, event_id: str, event: object) -> list[OutboundRecord]:
+    def _dispatch(
+        self, event_type: str, event_id: str, event: object, routed: RoutedRevisions
+    ) -> RouterOutput:
+        revision = ""
+        referral: referral_pb2.Referral | None = None
+        kind = delivery_pb2.DELIVERY_KIND_NEW
         if isinstance(event, lifecycle_pb2.ReferralSubmitted):
             # A resubmission of the same referral (an intake retry) is the same revision.
-            return self.route(event.referral, "original", delivery_pb2.DELIVERY_KIND_NEW)
-        if isinstance(event, lifecycle_pb2.ReferralAmended):
-            return self.route(event.referral, event_id, delivery_pb2.DELIVERY_KIND_AMENDMENT)
+            referral, revision = event.referral, "original"
+        elif isinstance(event, lifecycle_pb2.ReferralAmended):
+            referral, revision, kind = (
+                event.referral,
+                event_id,
+                delivery_pb2.DELIVERY_KIND_AMENDMENT,
+            )
+        if referral is not None:
+            if routed.seen(referral.referral_id, revision):
+                # A redelivery after a crash or rebalance: the partners already have it.
+                log.info("%s revision %s already routed; skipped", referral.referral_id, revision)
+                return RouterOutput([])
+            return RouterOutput(
+                self.route(referral, revision, kind), (referral.referral_id, revision)
+            )
+        return RouterOutput(self._dispatch_other(event_type, event))
+
+    def _dispatch_other(self, event_type: str, event: object) -> list[OutboundRecord]:
         if isinstance(event, lifecycle_pb2.ReferralWithdrawn):
             # Notifying recipients of a withdrawal needs the record of who received what, which
             # the closed-loop tracker owns; the router only routes content.

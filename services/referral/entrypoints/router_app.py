@@ -39,6 +39,22 @@ def _header_list(
     return list(headers)
 
 
+class TableRoutedRevisions:
+    """RoutedRevisions over a faust table: referral id -> revisions, newline-separated."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def seen(self, referral_id: str, revision: str) -> bool:
+        known: bytes | None = self._table.get(referral_id.encode())
+        return known is not None and revision.encode() in known.split(b"\n")
+
+    def remember(self, referral_id: str, revision: str) -> None:
+        key = referral_id.encode()
+        known: bytes | None = self._table.get(key)
+        self._table[key] = revision.encode() if known is None else known + b"\n" + revision.encode()
+
+
 def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
     """The faust app with the routing agent on the submitted topic."""
     app = faust.App(
@@ -49,12 +65,25 @@ def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
-        topic_allow_declare=False,
+        topic_partitions=topics.PARTITIONS,
         web_enabled=False,
         store="memory://",
         broker_commit_interval=0.5,
+        # A crashed instance's partitions move to a live one after this long without heartbeats.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
     )
     submitted = app.topic(topics.SUBMITTED, key_type=bytes, value_type=bytes)
+    # Referral id -> revisions already routed. Backed by a changelog topic that faust creates
+    # (referral-router-routed-revisions-changelog) and partitioned like the submitted topic, so a
+    # replayed record finds its revision after a crash or on the instance it moved to.
+    routed_table = app.Table(
+        "routed-revisions",
+        partitions=topics.PARTITIONS,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    routed = TableRoutedRevisions(routed_table)
     outputs: dict[str, Any] = {}
 
     def output_topic(name: str) -> Any:
@@ -82,14 +111,16 @@ def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
                     "messaging.consumer.group.name": router.group_id,
                 },
             ):
-                produced = router.handle(record)
+                output = router.handle(record, routed)
             pending = [
                 await output_topic(out.topic).send(
                     key=out.key.encode(), value=out.value, headers=out.headers, force=True
                 )
-                for out in produced
+                for out in output.records
             ]
             await asyncio.gather(*pending)
+            if output.routed is not None:
+                routed.remember(*output.routed)
 
     app.agent(submitted, name="route-referrals")(route_referrals)
     return app

@@ -1,0 +1,113 @@
+"""A record the router sees again after a crash or a lost offset commit never produces a second
+delivery: the router remembers routed revisions durably (a changelog-backed faust table)."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import OffsetSpec
+
+from ctroute.referral.v1 import intake_pb2
+from plumbing import topics
+from referral.domain.policy import load_default_policy
+from tests.e2e.conftest import RunningSystem
+from tests.kafka_reading import read_all, read_until
+
+pytestmark = pytest.mark.broker
+
+ROUTER_GROUP = "referral-router"
+
+
+def _referral(reference: str) -> intake_pb2.SubmitReferralRequest:
+    request = intake_pb2.SubmitReferralRequest()
+    request.referral.source = "cbp-eallegations"
+    request.referral.source_reference = reference
+    request.referral.indicators.append(7)  # INDICATOR_FORCED_LABOR_IN_GOODS
+    goods = request.referral.goods.add()
+    goods.product = "gloves"
+    goods.destined_for_us = True
+    return request
+
+
+def _submitted_partitions(bootstrap: str) -> list[TopicPartition]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        return [
+            TopicPartition(topics.SUBMITTED, p)
+            for p in sorted(consumer.partitions_for_topic(topics.SUBMITTED) or ())
+        ]
+    finally:
+        consumer.close()
+
+
+def _wait_until_group_caught_up(bootstrap: str, timeout: float = 60) -> None:
+    partitions = _submitted_partitions(bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        ends = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while True:
+            committed = admin.list_group_offsets({ROUTER_GROUP: None}).get(ROUTER_GROUP, {})
+            behind = {
+                tp: end
+                for tp, end in ends.items()
+                if getattr(committed.get(tp), "offset", -1) < end
+            }
+            if not behind:
+                return
+            assert time.monotonic() < deadline, f"router did not catch up: {behind}"
+            time.sleep(0.2)
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def test_replaying_the_whole_submitted_topic_delivers_nothing_twice(
+    running_system: RunningSystem,
+) -> None:
+    bootstrap = running_system.bootstrap_servers
+    ids = [
+        running_system.intake()
+        .SubmitReferral(_referral(f"redelivery-{uuid.uuid4().hex[:10]}"), timeout=15)
+        .referral_id
+        for _ in range(3)
+    ]
+    read_until(
+        bootstrap,
+        [topics.inbox("cbp")],
+        keep=lambda r: r.key in ids,
+        want=lambda kept: {r.key for r in kept} == set(ids),
+    )
+
+    # A crash that loses every offset commit: the router restarts from the first record.
+    running_system.stack.kill("referral-router", signal.SIGKILL)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        # The crashed member leaves the group when its session times out.
+        deadline = time.monotonic() + 60
+        while admin.describe_groups([ROUTER_GROUP])[ROUTER_GROUP]["members"]:
+            assert time.monotonic() < deadline, "the killed router never left its group"
+            time.sleep(0.2)
+        result = admin.reset_group_offsets(
+            ROUTER_GROUP, {tp: OffsetSpec.EARLIEST for tp in _submitted_partitions(bootstrap)}
+        )
+    finally:
+        admin.close()
+    assert result, "resetting the router's offsets returned nothing"
+    running_system.stack.restart("referral-router")
+    _wait_until_group_caught_up(bootstrap)
+
+    inboxes = [topics.inbox(p) for p in load_default_policy().partners]
+    deliveries = read_all(bootstrap, inboxes)
+    counts = Counter(record.event.delivery_id for record in deliveries)  # type: ignore[attr-defined]
+    assert counts, "no deliveries found at all"
+    duplicated = {delivery_id: n for delivery_id, n in counts.items() if n > 1}
+    assert not duplicated, f"deliveries made more than once after the replay: {duplicated}"
+    ours = [r for r in deliveries if r.key in ids]
+    assert sorted(r.key for r in ours) == sorted(ids)
