@@ -42,6 +42,14 @@ def tracing_enabled() -> bool:
     return os.environ.get("CTROUTE_TRACING", "on").lower() not in {"off", "0", "false"}
 
 
+def correlation_key() -> bytes:
+    """Secret for fingerprinting identifiers in the correlation index (`CTROUTE_CORRELATION_KEY`).
+
+    Set it in any real deployment; the default only suits a laptop.
+    """
+    return os.environ.get("CTROUTE_CORRELATION_KEY", "ctroute-local-development-key").encode()
+
+
 def policy_path() -> Path | None:
     """Routing and release policy file (`CTROUTE_POLICY`); unset means the shipped default."""
     value = os.environ.get("CTROUTE_POLICY")

@@ -23,8 +23,9 @@ from plumbing import topics
 from plumbing.envelope import EnvelopeError, decode_event
 from plumbing.kafka import dead_letter_headers
 from referral.adapters.decision import decision_to_proto, delivery_message, priority_value
-from referral.adapters.facts import facts_from_referral
+from referral.adapters.facts import facts_from_referral, identifiers_of
 from referral.adapters.outbound import OutboundRecord, outbound
+from referral.domain.correlation import corroboration_for, fingerprints
 from referral.domain.deadlines import AcknowledgementDeadlines
 from referral.domain.policy import Policy
 from referral.domain.routing import route_referral
@@ -52,13 +53,41 @@ class RoutedRevisions(Protocol):
     def seen(self, referral_id: str, revision: str) -> bool: ...
 
 
+class CorrelationIndex(Protocol):
+    """Fingerprints of strong identifiers -> referral ids, and referral id -> its recipients."""
+
+    def referrals_sharing(self, fingerprints: frozenset[str]) -> set[str]: ...
+
+    def recipients_of(self, referral_id: str) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True)
+class Correlated:
+    """What the index must learn once a referral's deliveries are safely published."""
+
+    referral_id: str
+    fingerprints: frozenset[str]
+    recipients: frozenset[str]
+
+
 @dataclass(frozen=True)
 class RouterOutput:
-    """What one consumed record leads to: the records to publish, and the revision to remember
-    as routed once they are all acknowledged."""
+    """What one consumed record leads to: the records to publish, then (once they are all
+    acknowledged) the revision to remember as routed and what the correlation index learns."""
 
     records: list[OutboundRecord]
     routed: tuple[str, str] | None = None
+    correlated: Correlated | None = None
+
+
+class EmptyIndex:
+    """CorrelationIndex for a router without memory (tools and tests)."""
+
+    def referrals_sharing(self, fingerprints: frozenset[str]) -> set[str]:
+        return set()
+
+    def recipients_of(self, referral_id: str) -> frozenset[str]:
+        return frozenset()
 
 
 class NothingRoutedYet:
@@ -107,13 +136,20 @@ class ReferralRouter:
         deadlines: AcknowledgementDeadlines | None = None,
         clock: Clock = lambda: datetime.now(UTC),
         group_id: str = "referral-router",
+        correlation_key: bytes = b"",
     ) -> None:
         self.policy = policy
+        self.correlation_key = correlation_key
         self.deadlines = deadlines or AcknowledgementDeadlines()
         self.clock = clock
         self.group_id = group_id
 
-    def handle(self, record: RawRecord, routed: RoutedRevisions | None = None) -> RouterOutput:
+    def handle(
+        self,
+        record: RawRecord,
+        routed: RoutedRevisions | None = None,
+        index: CorrelationIndex | None = None,
+    ) -> RouterOutput:
         """The records to publish for one consumed record (dead letter included)."""
         try:
             envelope, event = decode_event(record.headers, record.value)
@@ -121,7 +157,11 @@ class ReferralRouter:
             return RouterOutput([self._dead_letter(record, f"undecodable record: {error}")])
         try:
             return self._dispatch(
-                envelope.event_type, envelope.event_id, event, routed or NothingRoutedYet()
+                envelope.event_type,
+                envelope.event_id,
+                event,
+                routed or NothingRoutedYet(),
+                index or EmptyIndex(),
             )
         except Exception as error:
             # A record the router cannot route must not stop the pipeline; it is parked with its
@@ -139,7 +179,12 @@ class ReferralRouter:
             )
 
     def _dispatch(
-        self, event_type: str, event_id: str, event: object, routed: RoutedRevisions
+        self,
+        event_type: str,
+        event_id: str,
+        event: object,
+        routed: RoutedRevisions,
+        index: CorrelationIndex,
     ) -> RouterOutput:
         revision = ""
         referral: referral_pb2.Referral | None = None
@@ -158,9 +203,8 @@ class ReferralRouter:
                 # A redelivery after a crash or rebalance: the partners already have it.
                 log.info("%s revision %s already routed; skipped", referral.referral_id, revision)
                 return RouterOutput([])
-            return RouterOutput(
-                self.route(referral, revision, kind), (referral.referral_id, revision)
-            )
+            records, correlated = self.route(referral, revision, kind, index)
+            return RouterOutput(records, (referral.referral_id, revision), correlated)
         return RouterOutput(self._dispatch_other(event_type, event))
 
     def _dispatch_other(self, event_type: str, event: object) -> list[OutboundRecord]:
@@ -176,11 +220,16 @@ class ReferralRouter:
         referral: referral_pb2.Referral,
         revision: str,
         kind: delivery_pb2.DeliveryKind.ValueType,
-    ) -> list[OutboundRecord]:
+        index: CorrelationIndex | None = None,
+    ) -> tuple[list[OutboundRecord], Correlated]:
         """Decide, redact per partner, and build the deliveries and lifecycle events."""
         now = self.clock()
         facts = facts_from_referral(referral)
         decision = route_referral(facts, self.policy, now)
+        own_fingerprints = fingerprints(identifiers_of(referral), self.correlation_key)
+        index = index or EmptyIndex()
+        corroborating = index.referrals_sharing(own_fingerprints) - {referral.referral_id}
+        recipients_of = {other: index.recipients_of(other) for other in corroborating}
         span = trace.get_current_span()
         span.set_attribute("ctroute.referral_id", referral.referral_id)
         span.set_attribute("ctroute.policy_version", decision.policy_version)
@@ -202,6 +251,7 @@ class ReferralRouter:
                 delivered_at=now,
                 acknowledge_by=due,
                 kind=kind,
+                corroboration=corroboration_for(release.partner, corroborating, recipients_of),
             )
             records.append(
                 outbound(
@@ -250,7 +300,12 @@ class ReferralRouter:
             ",".join(m.rule_id for m in decision.matched_rules),
             decision.policy_version,
         )
-        return records + lifecycle
+        correlated = Correlated(
+            referral.referral_id,
+            own_fingerprints,
+            frozenset(p.partner for p in decision.partners),
+        )
+        return records + lifecycle, correlated
 
     def _dead_letter(self, record: RawRecord, error: str) -> OutboundRecord:
         log.warning(

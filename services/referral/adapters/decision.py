@@ -8,6 +8,7 @@ from ctroute.options.v1 import sensitivity_pb2
 from ctroute.partner.v1 import delivery_pb2
 from ctroute.referral.v1 import lifecycle_pb2, referral_pb2
 from plumbing.sensitivity import class_value, redact
+from referral.domain.correlation import PartnerCorroboration
 from referral.domain.routing import PartnerRelease, RoutingDecision
 
 
@@ -81,6 +82,7 @@ def delivery_message(
     delivered_at: datetime,
     acknowledge_by: datetime,
     kind: delivery_pb2.DeliveryKind.ValueType,
+    corroboration: PartnerCorroboration,
 ) -> delivery_pb2.PartnerDelivery:
     delivery = delivery_pb2.PartnerDelivery(
         delivery_id=delivery_id,
@@ -94,4 +96,6 @@ def delivery_message(
     delivery.referral.CopyFrom(partner_copy(referral, release))
     delivery.delivered_at.FromDatetime(delivered_at)
     delivery.acknowledge_by.FromDatetime(acknowledge_by)
+    delivery.corroboration.corroborating_referrals = corroboration.corroborating_referrals
+    delivery.corroboration.referral_ids_you_received.extend(corroboration.referral_ids_you_received)
     return delivery

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 from ctroute.referral.v1 import referral_pb2
+from referral.domain.correlation import IdentifierKind, StrongIdentifier
 from referral.domain.facts import (
     ConsentFact,
     ConsentScope,
@@ -90,3 +91,31 @@ def facts_from_referral(referral: referral_pb2.Referral) -> ReferralFacts:
         vessel_involved=referral.HasField("vessel"),
         goods_destined_for_us=any(g.destined_for_us for g in referral.goods),
     )
+
+
+def identifiers_of(referral: referral_pb2.Referral) -> list[StrongIdentifier]:
+    """The strong identifiers a referral carries, for correlation with other referrals."""
+    found: list[StrongIdentifier] = []
+    for victim in referral.victims:
+        if victim.phone:
+            found.append(StrongIdentifier(IdentifierKind.PHONE, victim.phone))
+        if victim.email:
+            found.append(StrongIdentifier(IdentifierKind.EMAIL, victim.email))
+        found += [
+            StrongIdentifier(IdentifierKind.PASSPORT, f"{doc.issuing_country}:{doc.number}")
+            for doc in victim.documents
+            if doc.kind == referral_pb2.IDENTITY_DOCUMENT_KIND_PASSPORT and doc.number
+        ]
+    found += [
+        StrongIdentifier(IdentifierKind.PHONE, suspect.phone)
+        for suspect in referral.suspects
+        if suspect.phone
+    ]
+    if referral.vessel.imo_number:
+        found.append(StrongIdentifier(IdentifierKind.VESSEL_IMO, referral.vessel.imo_number))
+    found += [
+        StrongIdentifier(IdentifierKind.PRODUCER, goods.producer)
+        for goods in referral.goods
+        if goods.producer
+    ]
+    return found

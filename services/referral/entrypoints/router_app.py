@@ -22,7 +22,7 @@ from plumbing import config, topics
 from plumbing.runtime import configure_logging
 from plumbing.telemetry import configure_tracing, extract_trace_context, shutdown_tracing
 from referral.domain.policy import default_policy_path, load_policy
-from referral.router import RawRecord, ReferralRouter
+from referral.router import Correlated, RawRecord, ReferralRouter
 
 SERVICE_NAME = "referral-router"
 log = logging.getLogger(__name__)
@@ -55,6 +55,37 @@ class TableRoutedRevisions:
         self._table[key] = revision.encode() if known is None else known + b"\n" + revision.encode()
 
 
+class TableCorrelationIndex:
+    """CorrelationIndex over a faust global table (every router instance holds all of it)."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def referrals_sharing(self, fingerprints: frozenset[str]) -> set[str]:
+        found: set[str] = set()
+        for fingerprint in fingerprints:
+            known: bytes | None = self._table.get(f"fp:{fingerprint}".encode())
+            if known:
+                found.update(known.decode().split("\n"))
+        return found
+
+    def recipients_of(self, referral_id: str) -> frozenset[str]:
+        known: bytes | None = self._table.get(f"rcp:{referral_id}".encode())
+        return frozenset(known.decode().split(",")) if known else frozenset()
+
+    def learn(self, correlated: Correlated) -> None:
+        for fingerprint in correlated.fingerprints:
+            key = f"fp:{fingerprint}".encode()
+            known: bytes | None = self._table.get(key)
+            ids = set(known.decode().split("\n")) if known else set()
+            if correlated.referral_id not in ids:
+                ids.add(correlated.referral_id)
+                self._table[key] = "\n".join(sorted(ids)).encode()
+        self._table[f"rcp:{correlated.referral_id}".encode()] = ",".join(
+            sorted(correlated.recipients)
+        ).encode()
+
+
 def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
     """The faust app with the routing agent on the submitted topic."""
     app = faust.App(
@@ -84,6 +115,15 @@ def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
         value_type=bytes,
     )
     routed = TableRoutedRevisions(routed_table)
+    # Fingerprint -> referral ids and referral id -> recipients, for correlation. A global table:
+    # a referral on any partition must see referrals that arrived on every other partition.
+    correlation_table = app.GlobalTable(
+        "correlation-index",
+        partitions=topics.PARTITIONS,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    index = TableCorrelationIndex(correlation_table)
     outputs: dict[str, Any] = {}
 
     def output_topic(name: str) -> Any:
@@ -111,7 +151,7 @@ def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
                     "messaging.consumer.group.name": router.group_id,
                 },
             ):
-                output = router.handle(record, routed)
+                output = router.handle(record, routed, index)
             pending = [
                 await output_topic(out.topic).send(
                     key=out.key.encode(), value=out.value, headers=out.headers, force=True
@@ -119,6 +159,8 @@ def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
                 for out in output.records
             ]
             await asyncio.gather(*pending)
+            if output.correlated is not None:
+                index.learn(output.correlated)
             if output.routed is not None:
                 routed.remember(*output.routed)
 
@@ -131,7 +173,8 @@ def main() -> None:
     provider = configure_tracing(SERVICE_NAME)
     policy = load_policy(config.policy_path() or default_policy_path())
     log.info("router starting with policy version %s", policy.version)
-    app = build_app(config.kafka_bootstrap_servers(), ReferralRouter(policy))
+    router = ReferralRouter(policy, correlation_key=config.correlation_key())
+    app = build_app(config.kafka_bootstrap_servers(), router)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
     try:
         worker.execute_from_commandline()

@@ -81,6 +81,7 @@ class PartnerDelivery(_message.Message):
     RELEASED_CLASSES_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    CORROBORATION_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
     """delivery_id identifies this copy; quote it when reporting status. It is stable, so a copy
     seen twice is the same delivery.
@@ -113,6 +114,10 @@ class PartnerDelivery(_message.Message):
     def released_classes(self) -> _containers.RepeatedScalarFieldContainer[_sensitivity_pb2.Sensitivity.ValueType]:
         """released_classes are the field classes this copy may contain."""
 
+    @_builtins.property
+    def corroboration(self) -> Global___Corroboration:
+        """corroboration tells how many other referrals share a strong identifier with this one."""
+
     def __init__(
         self,
         *,
@@ -126,14 +131,48 @@ class PartnerDelivery(_message.Message):
         released_classes: _abc.Iterable[_sensitivity_pb2.Sensitivity.ValueType] | None = ...,
         policy_version: _builtins.str = ...,
         kind: Global___DeliveryKind.ValueType = ...,
+        corroboration: Global___Corroboration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_by", b"acknowledge_by", "delivered_at", b"delivered_at", "referral", b"referral"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_by", b"acknowledge_by", "corroboration", b"corroboration", "delivered_at", b"delivered_at", "referral", b"referral"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_by", b"acknowledge_by", "delivered_at", b"delivered_at", "delivery_id", b"delivery_id", "kind", b"kind", "partner", b"partner", "policy_version", b"policy_version", "priority", b"priority", "referral", b"referral", "released_classes", b"released_classes", "rule_ids", b"rule_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_by", b"acknowledge_by", "corroboration", b"corroboration", "delivered_at", b"delivered_at", "delivery_id", b"delivery_id", "kind", b"kind", "partner", b"partner", "policy_version", b"policy_version", "priority", b"priority", "referral", b"referral", "released_classes", b"released_classes", "rule_ids", b"rule_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PartnerDelivery: _TypeAlias = PartnerDelivery  # noqa: Y015
+
+@_typing.final
+class Corroboration(_message.Message):
+    """Corroboration links a referral to earlier referrals that share a strong identifier with it (a
+    phone number, email, vessel IMO number, passport number or producer), without revealing
+    anything about those referrals beyond ids the partner already holds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORROBORATING_REFERRALS_FIELD_NUMBER: _builtins.int
+    REFERRAL_IDS_YOU_RECEIVED_FIELD_NUMBER: _builtins.int
+    corroborating_referrals: _builtins.int
+    """corroborating_referrals is how many other referrals share a strong identifier with this one."""
+    @_builtins.property
+    def referral_ids_you_received(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """referral_ids_you_received are those of the corroborating referrals that were delivered to
+        this same partner; the others stay undisclosed.
+        """
+
+    def __init__(
+        self,
+        *,
+        corroborating_referrals: _builtins.int = ...,
+        referral_ids_you_received: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corroborating_referrals", b"corroborating_referrals", "referral_ids_you_received", b"referral_ids_you_received"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Corroboration: _TypeAlias = Corroboration  # noqa: Y015
 
 @_typing.final
 class ReportDeliveryStatusRequest(_message.Message):
