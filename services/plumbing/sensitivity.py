@@ -114,3 +114,24 @@ def operational_view(message: Message) -> dict[str, Any]:
 
     operational = class_value("OPERATIONAL")
     return MessageToDict(redact(message, {operational}), preserving_proto_field_name=True)
+
+
+def span_attributes(message: Message, prefix: str) -> dict[str, Any]:
+    """Flat span attributes from a message's OPERATIONAL fields only (ids, source, indicators,
+    counts), so traces are searchable without ever carrying personal data."""
+    attributes: dict[str, Any] = {}
+
+    def flatten(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                flatten(inner, f"{path}.{key}")
+        elif isinstance(value, list):
+            if all(isinstance(item, str | int | float | bool) for item in value):
+                attributes[path] = value
+            else:
+                attributes[f"{path}.count"] = len(value)
+        else:
+            attributes[path] = value
+
+    flatten(operational_view(message), prefix)
+    return attributes

@@ -4,6 +4,8 @@ inboxes, downstream services, acknowledgements, and a single trace across all of
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -87,8 +89,10 @@ def test_a_referral_reaches_its_partners_and_comes_back_acknowledged_in_one_trac
         running_system.bootstrap_servers,
         [topics.LIFECYCLE],
         keep=mine,
-        want=lambda kept: any(isinstance(r.event, lifecycle_pb2.ReferralRouted) for r in kept)
-        and sum(isinstance(r.event, lifecycle_pb2.ReferralDelivered) for r in kept) == 3,
+        want=lambda kept: (
+            any(isinstance(r.event, lifecycle_pb2.ReferralRouted) for r in kept)
+            and sum(isinstance(r.event, lifecycle_pb2.ReferralDelivered) for r in kept) == 3
+        ),
     )
     every_record = submitted + deliveries + acks + lifecycle
     trace_ids = {record.trace_id for record in every_record}
@@ -135,3 +139,55 @@ def test_the_same_source_reference_twice_yields_one_referral(
         want=bool,
     )
     assert [r.event.partner for r in deliveries] == ["cbp"]  # type: ignore[attr-defined]
+
+
+def _refctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "refctl", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_refctl_submits_a_json_file_and_tails_a_partner_inbox(
+    running_system: RunningSystem, tmp_path: Path
+) -> None:
+    request = demo_request("04-coast-guard-boarding.json")
+    path = tmp_path / "boarding.json"
+    path.write_text(json_format.MessageToJson(request))
+    submitted = _refctl("submit", str(path), "--address", running_system.grpc_address)
+    assert submitted.returncode == 0, submitted.stderr
+    referral_id = submitted.stdout.strip()
+    assert referral_id.startswith("ref-")
+
+    read_until(
+        running_system.bootstrap_servers,
+        [topics.inbox("uscg")],
+        keep=lambda r: r.key == referral_id,
+        want=bool,
+    )
+    tailed = _refctl(
+        "tail",
+        "uscg",
+        "--from-beginning",
+        "--timeout",
+        "2",
+        "--bootstrap-servers",
+        running_system.bootstrap_servers,
+    )
+    assert tailed.returncode == 0, tailed.stderr
+    ours = [line for line in tailed.stdout.splitlines() if referral_id in line]
+    assert len(ours) == 1
+    assert "uscg" in ours[0]
+    assert "HIGH" in ours[0]
+    assert "rules=R5" in ours[0]
+
+
+def test_refctl_explains_a_rejected_submission_field_by_field(
+    running_system: RunningSystem, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"referral": {"source": "hsi-tipline", "victims": [{"age": 130}]}}))
+    result = _refctl("submit", str(path), "--address", running_system.grpc_address)
+    assert result.returncode == 1
+    assert "INVALID_ARGUMENT" in result.stderr
+    assert "referral.source_reference" in result.stderr
+    assert "referral.victims[0].age" in result.stderr

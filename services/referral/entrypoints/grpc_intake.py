@@ -14,10 +14,12 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
 from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc, lifecycle_pb2
 from plumbing import topics
 from plumbing.kafka import EventPublisher
+from plumbing.sensitivity import span_attributes
 from plumbing.validation import FieldViolation, violations_of
 from referral.adapters.ledger import IntakeLedger, LedgerEntry, referral_id_for
 
@@ -97,6 +99,7 @@ class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
     ) -> intake_pb2.SubmitReferralResponse:
         _check(request, context)
         referral = request.referral
+        trace.get_current_span().set_attributes(span_attributes(referral, "ctroute.referral"))
         existing = self._ledger.find(referral.source, referral.source_reference)
         if existing is not None:
             response = intake_pb2.SubmitReferralResponse(
