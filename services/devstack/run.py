@@ -46,6 +46,10 @@ def submit_demo(address: str, demo_dir: Path, run_tag: str, narrator: ReferralNa
                 )
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     root = find_project_root()
     run_dir = root / ".run"
@@ -54,7 +58,9 @@ def main() -> int:
     grpc_address = config.grpc_address()
     policy = load_policy(config.policy_path() or default_policy_path())
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Installed explicitly: a shell may start `make run` with SIGINT ignored (background jobs).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     broker = EmbeddedKafka(
         run_dir / "kafka", port, controller_port, project_root=root, progress=say
@@ -92,13 +98,14 @@ def main() -> int:
                     raise ServiceFailed(f"{name} exited unexpectedly; see {service.log_path}")
             stop.wait(1)
     except KeyboardInterrupt:
-        say("Ctrl-C: stopping")
+        say("stopping (Ctrl-C)")
     except (PrerequisiteMissing, BrokerError, ServiceFailed) as error:
         print(f"make run: {error}", file=sys.stderr)
         return 1
     finally:
         stop.set()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         broker.stop()
     return 0

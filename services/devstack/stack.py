@@ -109,6 +109,9 @@ class ServiceStack:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C in the terminal reaches only the supervisor, which then
+            # stops the services in order (the orphan guard still ends them if it dies).
+            start_new_session=True,
         )
         self.running[spec.name] = RunningService(spec, process, log_path, log_file)
         self.progress(f"{spec.name}: started (pid {process.pid}, log {log_path})")

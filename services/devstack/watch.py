@@ -81,7 +81,8 @@ class ReferralNarrator:
                 .lower()
             )
             since = self.delivered_at[report.delivery_id]
-            latency = (time - since).total_seconds() * 1000
+            # Record timestamps come from different processes' clocks: never show a negative gap.
+            latency = max(0.0, (time - since).total_seconds() * 1000)
             self.emit(f"{state:<9} {event.referral_id} by {report.partner} after {latency:.0f} ms")
 
 
