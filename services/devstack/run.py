@@ -68,6 +68,7 @@ def main() -> int:
     stack = ServiceStack(
         bootstrap_servers=broker.bootstrap_servers,
         grpc_address=grpc_address,
+        partner_grpc_address=config.partner_grpc_address(),
         data_dir=run_dir / "data",
         trace_dir=run_dir / "traces",
         log_dir=run_dir / "logs",

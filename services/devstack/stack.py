@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaAdminClient
 
-from devstack.broker import orphan_guard_prefix
+from devstack.broker import free_port, orphan_guard_prefix
 
 
 class ServiceFailed(RuntimeError):
@@ -41,6 +41,7 @@ class ServiceSpec:
 SERVICES = (
     ServiceSpec("referral-intake", ("referral", "intake"), grpc_health=True),
     ServiceSpec("referral-router", ("referral", "router"), consumer_group="referral-router"),
+    ServiceSpec("referral-tracker", ("referral", "tracker"), consumer_group="referral-tracker"),
     ServiceSpec("enforcement", ("enforcement",), consumer_group="enforcement"),
     ServiceSpec("victim-services", ("victim_services",), consumer_group="victim-services"),
 )
@@ -75,15 +76,18 @@ class ServiceStack:
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
         progress: Callable[[str], None] = lambda _message: None,
+        partner_grpc_address: str | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.grpc_address = grpc_address
+        self.partner_grpc_address = partner_grpc_address or f"127.0.0.1:{free_port()}"
         self.log_dir = log_dir
         self.progress = progress
         self.env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
             "REFERRAL_GRPC_ADDR": grpc_address,
+            "REFERRAL_PARTNER_GRPC_ADDR": self.partner_grpc_address,
             "CTROUTE_DATA_DIR": str(data_dir),
             "CTROUTE_TRACE_DIR": str(trace_dir),
             "PYTHONUNBUFFERED": "1",

@@ -22,6 +22,12 @@ def grpc_address() -> str:
     return os.environ.get("REFERRAL_GRPC_ADDR", DEFAULT_GRPC_ADDRESS)
 
 
+def partner_grpc_address() -> str:
+    """Address of the partner status API, served by the lifecycle tracker
+    (`REFERRAL_PARTNER_GRPC_ADDR`)."""
+    return os.environ.get("REFERRAL_PARTNER_GRPC_ADDR", "127.0.0.1:50052")
+
+
 def data_dir() -> Path:
     """Folder for the services' local state such as the intake ledger (`CTROUTE_DATA_DIR`)."""
     return Path(os.environ.get("CTROUTE_DATA_DIR", ".run/data"))

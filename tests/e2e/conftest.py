@@ -24,6 +24,10 @@ class RunningSystem:
     log_dir: Path
     stack: ServiceStack
 
+    @property
+    def partner_grpc_address(self) -> str:
+        return self.stack.partner_grpc_address
+
     def intake(self) -> intake_pb2_grpc.ReferralIntakeServiceStub:
         return intake_pb2_grpc.ReferralIntakeServiceStub(
             grpc.insecure_channel(self.grpc_address)

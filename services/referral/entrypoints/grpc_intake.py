@@ -31,7 +31,7 @@ MAX_REFERRAL_BYTES = 512 * 1024
 PUBLISH_TIMEOUT_SECONDS = 10.0
 
 
-def _abort_invalid(context: grpc.ServicerContext, violations: list[FieldViolation]) -> None:
+def abort_invalid(context: grpc.ServicerContext, violations: list[FieldViolation]) -> None:
     bad_request = error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.reason)
@@ -71,7 +71,7 @@ def _check(request: Message, context: grpc.ServicerContext) -> None:
         )
     violations = [_precise(v) for v in violations_of(request)]
     if violations:
-        _abort_invalid(context, violations)
+        abort_invalid(context, violations)
 
 
 class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
@@ -143,7 +143,7 @@ class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
             context, request.referral_id, request.referral.source
         )
         if request.referral.source_reference != source_reference:
-            _abort_invalid(
+            abort_invalid(
                 context,
                 [
                     FieldViolation(

@@ -579,6 +579,51 @@ class DeliveryStatusChanged(_message.Message):
 Global___DeliveryStatusChanged: _TypeAlias = DeliveryStatusChanged  # noqa: Y015
 
 @_typing.final
+class DeliveryStatusRejected(_message.Message):
+    """DeliveryStatusRejected is published when a status report could not take effect: an illegal
+    transition, a report on another partner's delivery, or an unknown delivery. It is the record of
+    the attempt; the delivery's state is unchanged.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERRAL_ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    REPORTING_PARTNER_FIELD_NUMBER: _builtins.int
+    CURRENT_STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTED_STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    referral_id: _builtins.str
+    """referral_id is the referral concerned, when the delivery is known."""
+    delivery_id: _builtins.str
+    """delivery_id is the delivery the report named."""
+    reporting_partner: _builtins.str
+    """reporting_partner is the partner that sent the report."""
+    current_state: Global___DeliveryState.ValueType
+    """current_state is the delivery's state, which the report did not change."""
+    attempted_state: Global___DeliveryState.ValueType
+    """attempted_state is the state the report asked for."""
+    reason: _builtins.str
+    """reason explains the rejection in words, without personal data."""
+    def __init__(
+        self,
+        *,
+        referral_id: _builtins.str = ...,
+        delivery_id: _builtins.str = ...,
+        reporting_partner: _builtins.str = ...,
+        current_state: Global___DeliveryState.ValueType = ...,
+        attempted_state: Global___DeliveryState.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempted_state", b"attempted_state", "current_state", b"current_state", "delivery_id", b"delivery_id", "reason", b"reason", "referral_id", b"referral_id", "reporting_partner", b"reporting_partner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryStatusRejected: _TypeAlias = DeliveryStatusRejected  # noqa: Y015
+
+@_typing.final
 class DeliveryEscalated(_message.Message):
     """DeliveryEscalated is published when a delivery missed its acknowledgement deadline."""
 

@@ -1,0 +1,47 @@
+"""The partner status API (gRPC): a partner reports progress on its own deliveries.
+
+A thin translator over the lifecycle tracker. An illegal transition is FAILED_PRECONDITION, a
+report on another partner's delivery PERMISSION_DENIED, an unknown delivery NOT_FOUND; each
+refusal is also recorded as a DeliveryStatusRejected event. Until partners authenticate to this
+API (issue 6), the partner named in the request is taken at its word.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+
+from ctroute.partner.v1 import delivery_pb2, delivery_pb2_grpc
+from plumbing.validation import violations_of
+from referral.domain.lifecycle import Accepted, Rejected
+from referral.entrypoints.grpc_intake import abort_invalid
+from referral.tracker import LifecycleTracker, state_value
+
+
+class PartnerStatusApi(delivery_pb2_grpc.PartnerStatusServiceServicer):
+    """PartnerStatusService over the lifecycle tracker."""
+
+    def __init__(self, tracker: LifecycleTracker) -> None:
+        self._tracker = tracker
+
+    def ReportDeliveryStatus(
+        self, request: delivery_pb2.ReportDeliveryStatusRequest, context: grpc.ServicerContext
+    ) -> delivery_pb2.ReportDeliveryStatusResponse:
+        violations = violations_of(request)
+        if violations:
+            abort_invalid(context, violations)
+        outcome, delivery = self._tracker.report(
+            request.partner, request, f"api-{uuid.uuid4().hex}"
+        )
+        if isinstance(outcome, Rejected):
+            if delivery is None:
+                code = grpc.StatusCode.NOT_FOUND
+            elif delivery.partner != request.partner:
+                code = grpc.StatusCode.PERMISSION_DENIED
+            else:
+                code = grpc.StatusCode.FAILED_PRECONDITION
+            context.abort(code, outcome.reason)
+        assert delivery is not None
+        state = outcome.delivery.state if isinstance(outcome, Accepted) else delivery.state
+        return delivery_pb2.ReportDeliveryStatusResponse(state=state_value(state))

@@ -1,0 +1,72 @@
+"""Runs the lifecycle tracker and the partner status API: `python -m referral tracker`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+from google.protobuf.message import Message
+
+from ctroute.partner.v1 import delivery_pb2, delivery_pb2_grpc
+from ctroute.referral.v1 import lifecycle_pb2
+from plumbing import config, topics
+from plumbing.grpc_server import TracingInterceptor, start_grpc_server
+from plumbing.kafka import ConsumedEvent, EventConsumer, EventPublisher
+from plumbing.runtime import configure_logging, stop_on_signals
+from plumbing.telemetry import configure_tracing, shutdown_tracing
+from referral.adapters.delivery_store import DeliveryStore
+from referral.entrypoints.partner_api import PartnerStatusApi
+from referral.tracker import LifecycleTracker
+
+SERVICE_NAME = "referral-tracker"
+log = logging.getLogger(__name__)
+
+
+def main() -> None:
+    configure_logging(SERVICE_NAME)
+    provider = configure_tracing(SERVICE_NAME)
+    stop = stop_on_signals()
+    bootstrap = config.kafka_bootstrap_servers()
+    publisher = EventPublisher(bootstrap, source=SERVICE_NAME)
+    store = DeliveryStore(config.data_dir() / "lifecycle.sqlite3")
+    publish_lock = threading.Lock()
+
+    def publish(key: str, event: Message, event_id: str) -> None:
+        with publish_lock:
+            publisher.publish(topics.LIFECYCLE, key, event, event_id=event_id)
+
+    tracker = LifecycleTracker(store, publish)
+
+    def register(server: grpc.Server) -> list[str]:
+        delivery_pb2_grpc.add_PartnerStatusServiceServicer_to_server(
+            PartnerStatusApi(tracker), server
+        )
+        return [delivery_pb2.DESCRIPTOR.services_by_name["PartnerStatusService"].full_name]
+
+    server = start_grpc_server(
+        config.partner_grpc_address(), register, interceptors=[TracingInterceptor()]
+    )
+    consumer = EventConsumer(
+        bootstrap,
+        group_id=SERVICE_NAME,
+        topic_pattern=r"^(referrals\.lifecycle|partner\..+\.status)$",
+        publisher=publisher,
+    )
+
+    def handle(consumed: ConsumedEvent) -> None:
+        event = consumed.event
+        if isinstance(event, lifecycle_pb2.ReferralDelivered):
+            tracker.delivered(event)
+        elif isinstance(event, delivery_pb2.DeliveryStatusReported):
+            partner = topics.partner_of_status_topic(consumed.topic)
+            tracker.reported(partner, event, consumed.envelope.event_id)
+
+    log.info("partner status API on %s", config.partner_grpc_address())
+    try:
+        consumer.run(handle, stop, between_polls=tracker.refuse_stale_parked_reports)
+    finally:
+        server.stop()
+        publisher.close()
+        store.close()
+        shutdown_tracing(provider)
