@@ -624,6 +624,43 @@ class DeliveryStatusRejected(_message.Message):
 Global___DeliveryStatusRejected: _TypeAlias = DeliveryStatusRejected  # noqa: Y015
 
 @_typing.final
+class DeliveryRerouteRequested(_message.Message):
+    """DeliveryRerouteRequested is published by the lifecycle tracker on the submitted topic when a
+    partner declined a delivery as out of its jurisdiction or beyond its capacity: the router sends
+    the referral on to the next candidate partner, or to the CCHT desk.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERRAL_ID_FIELD_NUMBER: _builtins.int
+    DECLINED_DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    DECLINED_PARTNER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    referral_id: _builtins.str
+    """referral_id is the referral to send on."""
+    declined_delivery_id: _builtins.str
+    """declined_delivery_id is the delivery the partner declined."""
+    declined_partner: _builtins.str
+    """declined_partner is the partner that declined."""
+    reason: Global___DeclineReason.ValueType
+    """reason is why the partner declined."""
+    def __init__(
+        self,
+        *,
+        referral_id: _builtins.str = ...,
+        declined_delivery_id: _builtins.str = ...,
+        declined_partner: _builtins.str = ...,
+        reason: Global___DeclineReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["declined_delivery_id", b"declined_delivery_id", "declined_partner", b"declined_partner", "reason", b"reason", "referral_id", b"referral_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryRerouteRequested: _TypeAlias = DeliveryRerouteRequested  # noqa: Y015
+
+@_typing.final
 class DeliveryEscalated(_message.Message):
     """DeliveryEscalated is published when a delivery missed its acknowledgement deadline."""
 
