@@ -49,6 +49,8 @@ from kafka.errors import (
     TopicAlreadyExistsError,
 )
 
+from plumbing.topics import configs as topic_configs
+
 __all__ = [
     "BrokerError",
     "EmbeddedKafka",
@@ -554,7 +556,11 @@ class EmbeddedKafka:
         if not specs:
             return []
         request = {
-            name: {"num_partitions": partitions, "replication_factor": 1}
+            name: {
+                "num_partitions": partitions,
+                "replication_factor": 1,
+                "configs": topic_configs(name),
+            }
             for name, partitions in specs
         }
         timeout_ms = int(timeout * 1000)

@@ -39,6 +39,15 @@ def main() -> None:
     work_items = KeyedStore(config.data_dir() / "enforcement.sqlite3", "work_items")
 
     def handle(delivery: delivery_pb2.PartnerDelivery) -> list[StatusReport]:
+        if delivery.overdue_partner:
+            # A notice to the desk that another partner is late: triage, nothing to acknowledge.
+            log.warning(
+                "%s: %s has not acknowledged %s in time",
+                delivery.referral.referral_id,
+                delivery.overdue_partner,
+                delivery.overdue_delivery_id,
+            )
+            return []
         item = open_work_item(view_of(delivery))
         if work_items.add_if_absent(item.delivery_id, item.as_record()):
             log.info("opened %s for %s (%s)", item.kind, item.referral_id, item.priority)

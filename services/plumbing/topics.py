@@ -47,9 +47,23 @@ def _checked(partner: str) -> str:
     return partner
 
 
+ROUTER_STATE = (
+    "referral-router-routed-revisions-changelog",
+    "referral-router-correlation-index-changelog",
+)
+"""The router's faust table changelogs. Created up front with the other topics: a faust worker
+that joins its group before its own freshly created changelogs are visible in the metadata
+leaves them unassigned and never recovers."""
+
+
+def configs(topic: str) -> dict[str, str]:
+    """Topic-level settings: changelogs keep only the latest value per key."""
+    return {"cleanup.policy": "compact"} if topic in ROUTER_STATE else {}
+
+
 def all_topics(partners: list[str]) -> list[str]:
     """Every topic the system needs for the given partners."""
-    names = [SUBMITTED, LIFECYCLE, DEAD_LETTER]
+    names = [SUBMITTED, LIFECYCLE, DEAD_LETTER, *ROUTER_STATE]
     for partner in sorted(partners):
         names += [inbox(partner), status(partner)]
     return names

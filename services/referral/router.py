@@ -12,13 +12,14 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from opentelemetry import trace
 
 from ctroute.partner.v1 import delivery_pb2
 from ctroute.referral.v1 import lifecycle_pb2, referral_pb2
+from plumbing import clock as service_clock
 from plumbing import topics
 from plumbing.envelope import EnvelopeError, decode_event
 from plumbing.kafka import dead_letter_headers
@@ -134,7 +135,7 @@ class ReferralRouter:
         policy: Policy,
         *,
         deadlines: AcknowledgementDeadlines | None = None,
-        clock: Clock = lambda: datetime.now(UTC),
+        clock: Clock = service_clock.now,
         group_id: str = "referral-router",
         correlation_key: bytes = b"",
     ) -> None:

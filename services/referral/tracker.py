@@ -17,6 +17,8 @@ from google.protobuf.message import Message
 
 from ctroute.partner.v1 import delivery_pb2
 from ctroute.referral.v1 import lifecycle_pb2
+from plumbing import clock as service_clock
+from plumbing import topics
 from referral.adapters.delivery_store import DeliveryStore
 from referral.domain.lifecycle import (
     Accepted,
@@ -31,8 +33,11 @@ from referral.domain.lifecycle import (
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, Message, str], None]
-"""publish(key, event, event_id) on the lifecycle topic."""
+Publish = Callable[[str, str, Message, str], None]
+"""publish(topic, key, event, event_id)."""
+
+ESCALATION_DESK = "ccht"
+"""Where overdue deliveries are reported (the CCHT duty desk)."""
 
 PARKING_GRACE = timedelta(seconds=60)
 """How long a report may wait for the delivery it names before it is refused as unknown."""
@@ -72,7 +77,7 @@ class LifecycleTracker:
         store: DeliveryStore,
         publish: Publish,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = service_clock.now,
     ) -> None:
         self._store = store
         self._publish = publish
@@ -85,7 +90,9 @@ class LifecycleTracker:
             delivery = Delivery(
                 event.delivery_id, event.referral_id, event.partner, DeliveryState.DELIVERED
             )
-            if not self._store.add(delivery):
+            priority = lifecycle_pb2.Priority.Name(event.priority).removeprefix("PRIORITY_")
+            deadline = event.acknowledge_by.ToDatetime(tzinfo=UTC)
+            if not self._store.add(delivery, priority, deadline):
                 return
             for event_id, payload in self._store.take_parked(event.delivery_id):
                 parked = delivery_pb2.DeliveryStatusReported.FromString(payload)
@@ -115,6 +122,68 @@ class LifecycleTracker:
             outcome = self._settle(partner, request, event_id)
             return outcome, self._store.get(request.delivery_id)
 
+    def tick(self) -> None:
+        """Time-driven work: refuse reports parked too long, escalate overdue deliveries."""
+        self.refuse_stale_parked_reports()
+        self.escalate_overdue()
+
+    def escalate_overdue(self) -> None:
+        """Escalate every delivery unacknowledged past its deadline: record it, remind the
+        partner, and report it to the coordination desk."""
+        with self._lock:
+            for delivery, priority, deadline in self._store.overdue(self._clock()):
+                self._store.set_state(delivery.delivery_id, DeliveryState.ESCALATED)
+                escalated = lifecycle_pb2.DeliveryEscalated(
+                    referral_id=delivery.referral_id,
+                    delivery_id=delivery.delivery_id,
+                    partner=delivery.partner,
+                )
+                escalated.deadline.FromDatetime(deadline)
+                event_id = f"{delivery.delivery_id}/escalated"
+                self._publish(topics.LIFECYCLE, delivery.referral_id, escalated, event_id)
+                self._publish(
+                    topics.inbox(delivery.partner),
+                    delivery.referral_id,
+                    self._reminder(delivery, priority, delivery.partner, delivery.delivery_id),
+                    f"{event_id}/reminder",
+                )
+                if delivery.partner != ESCALATION_DESK:
+                    self._publish(
+                        topics.inbox(ESCALATION_DESK),
+                        delivery.referral_id,
+                        self._reminder(
+                            delivery,
+                            priority,
+                            ESCALATION_DESK,
+                            f"{delivery.delivery_id}/escalation",
+                        ),
+                        f"{event_id}/desk",
+                    )
+                log.warning(
+                    "%s for %s is overdue (deadline %s): escalated",
+                    delivery.delivery_id,
+                    delivery.partner,
+                    deadline.isoformat(),
+                )
+
+    def _reminder(
+        self, delivery: Delivery, priority: str, recipient: str, delivery_id: str
+    ) -> delivery_pb2.PartnerDelivery:
+        """A reminder carries ids only: the partner already holds (or the desk may request)
+        the content, and a reminder must not become a second release of it."""
+        reminder = delivery_pb2.PartnerDelivery(
+            delivery_id=delivery_id,
+            partner=recipient,
+            priority=lifecycle_pb2.Priority.Value(f"PRIORITY_{priority}"),
+            kind=delivery_pb2.DELIVERY_KIND_REMINDER,
+        )
+        reminder.referral.referral_id = delivery.referral_id
+        reminder.delivered_at.FromDatetime(self._clock())
+        if recipient != delivery.partner:
+            reminder.overdue_partner = delivery.partner
+            reminder.overdue_delivery_id = delivery.delivery_id
+        return reminder
+
     def refuse_stale_parked_reports(self) -> None:
         """Refuse reports whose delivery never appeared within the grace period."""
         with self._lock:
@@ -139,7 +208,19 @@ class LifecycleTracker:
                 decline_reason=request.decline_reason,
                 outcome=request.outcome,
             )
-            self._publish(outcome.delivery.referral_id, changed, f"{event_id}/changed")
+            self._publish(
+                topics.LIFECYCLE, outcome.delivery.referral_id, changed, f"{event_id}/changed"
+            )
+            if outcome.reroute:
+                reroute = lifecycle_pb2.DeliveryRerouteRequested(
+                    referral_id=outcome.delivery.referral_id,
+                    declined_delivery_id=report.delivery_id,
+                    declined_partner=partner,
+                    reason=request.decline_reason,
+                )
+                self._publish(
+                    topics.SUBMITTED, outcome.delivery.referral_id, reroute, f"{event_id}/reroute"
+                )
             log.info(
                 "%s %s -> %s by %s",
                 report.delivery_id,
@@ -157,7 +238,12 @@ class LifecycleTracker:
                 attempted_state=request.state,
                 reason=outcome.reason,
             )
-            self._publish(referral_id or report.delivery_id, rejected, f"{event_id}/rejected")
+            self._publish(
+                topics.LIFECYCLE,
+                referral_id or report.delivery_id,
+                rejected,
+                f"{event_id}/rejected",
+            )
             log.warning("refused a report on %s: %s", report.delivery_id, outcome.reason)
         else:
             assert isinstance(outcome, Repeated)

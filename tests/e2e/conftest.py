@@ -28,10 +28,12 @@ class RunningSystem:
     def partner_grpc_address(self) -> str:
         return self.stack.partner_grpc_address
 
+    def move_clock(self, seconds: float) -> None:
+        """Move every service's clock to real time + `seconds` (0 puts it back)."""
+        (self.trace_dir.parent / "clock-offset").write_text(str(seconds))
+
     def intake(self) -> intake_pb2_grpc.ReferralIntakeServiceStub:
-        return intake_pb2_grpc.ReferralIntakeServiceStub(
-            grpc.insecure_channel(self.grpc_address)
-        )
+        return intake_pb2_grpc.ReferralIntakeServiceStub(grpc.insecure_channel(self.grpc_address))
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +56,7 @@ def running_system(
         trace_dir=base / "traces",
         log_dir=base / "logs",
         progress=kafka_progress,
+        extra_env={"CTROUTE_CLOCK_OFFSET_FILE": str(base / "clock-offset")},
     )
     stack.start()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from referral.domain.lifecycle import Delivery, DeliveryState
@@ -20,7 +20,8 @@ class DeliveryStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS deliveries (delivery_id TEXT PRIMARY KEY,"
-            " referral_id TEXT NOT NULL, partner TEXT NOT NULL, state TEXT NOT NULL)"
+            " referral_id TEXT NOT NULL, partner TEXT NOT NULL, state TEXT NOT NULL,"
+            " priority TEXT NOT NULL, acknowledge_by TEXT NOT NULL)"
         )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS parked_reports (event_id TEXT PRIMARY KEY,"
@@ -36,14 +37,39 @@ class DeliveryStore:
             ).fetchone()
         return Delivery(delivery_id, row[0], row[1], DeliveryState(row[2])) if row else None
 
-    def add(self, delivery: Delivery) -> bool:
+    def add(self, delivery: Delivery, priority: str, acknowledge_by: datetime) -> bool:
         """Record a new delivery; False if it was already known (a replayed event)."""
         with self._lock:
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?)",
-                (delivery.delivery_id, delivery.referral_id, delivery.partner, delivery.state),
+                "INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    delivery.delivery_id,
+                    delivery.referral_id,
+                    delivery.partner,
+                    delivery.state,
+                    priority,
+                    acknowledge_by.astimezone(UTC).isoformat(),
+                ),
             )
         return cursor.rowcount == 1
+
+    def overdue(self, moment: datetime) -> list[tuple[Delivery, str, datetime]]:
+        """Deliveries still unacknowledged after their deadline, with priority and deadline."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT delivery_id, referral_id, partner, state, priority, acknowledge_by"
+                " FROM deliveries WHERE state = ? AND acknowledge_by < ?"
+                " ORDER BY acknowledge_by",
+                (DeliveryState.DELIVERED, moment.astimezone(UTC).isoformat()),
+            ).fetchall()
+        return [
+            (
+                Delivery(row[0], row[1], row[2], DeliveryState(row[3])),
+                row[4],
+                datetime.fromisoformat(row[5]),
+            )
+            for row in rows
+        ]
 
     def set_state(self, delivery_id: str, state: DeliveryState) -> None:
         with self._lock:

@@ -59,6 +59,7 @@ __all__ = [
     "RoutingDecision",
     "RuleMatch",
     "VictimRelease",
+    "release_to",
     "route_referral",
 ]
 
@@ -224,6 +225,37 @@ def route_referral(facts: ReferralFacts, policy: Policy, now: datetime) -> Routi
         by_rank[best] if best else Priority.ROUTINE,
         tuple([RuleMatch(rule_ids[i], reason) for i, reason in matched]),
         tuple(partners),
+    )
+
+
+def release_to(
+    facts: ReferralFacts,
+    policy: Policy,
+    partner: str,
+    now: datetime,
+    *,
+    priority: Priority,
+    rule_ids: tuple[str, ...],
+) -> PartnerRelease:
+    """What ``partner`` may receive of a referral under its own release profile, at ``now``.
+
+    For partners that hold a referral outside the routing rules (the CCHT desk taking over a
+    referral another partner declined) and for checking whether a partner may still hold a
+    victim's identity after a consent changed. The per-victim logic is route_referral's own, so
+    a release made this way never differs from one the rules would have made. ``priority`` and
+    ``rule_ids`` are the caller's: no rule of the policy chose the partner here.
+    """
+    profile = _plan_for(policy).profiles[partner]
+    released, withheld = _release_identities(
+        profile.identity, profile.region, _Context(facts, now)
+    )
+    return PartnerRelease(
+        partner,
+        priority,
+        rule_ids,
+        profile.with_identity if released else profile.without_identity,
+        released,
+        withheld,
     )
 
 

@@ -32,9 +32,9 @@ def main() -> None:
     store = DeliveryStore(config.data_dir() / "lifecycle.sqlite3")
     publish_lock = threading.Lock()
 
-    def publish(key: str, event: Message, event_id: str) -> None:
+    def publish(topic: str, key: str, event: Message, event_id: str) -> None:
         with publish_lock:
-            publisher.publish(topics.LIFECYCLE, key, event, event_id=event_id)
+            publisher.publish(topic, key, event, event_id=event_id)
 
     tracker = LifecycleTracker(store, publish)
 
@@ -64,7 +64,7 @@ def main() -> None:
 
     log.info("partner status API on %s", config.partner_grpc_address())
     try:
-        consumer.run(handle, stop, between_polls=tracker.refuse_stale_parked_reports)
+        consumer.run(handle, stop, between_polls=tracker.tick)
     finally:
         server.stop()
         publisher.close()

@@ -29,7 +29,7 @@ from ctroute.referral.v1 import referral_pb2 as ctroute_dot_referral_dot_v1_dot_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ctroute/partner/v1/delivery.proto\x12\x12\x63troute.partner.v1\x1a\x1b\x62uf/validate/validate.proto\x1a$ctroute/options/v1/sensitivity.proto\x1a#ctroute/referral/v1/lifecycle.proto\x1a\"ctroute/referral/v1/referral.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x04\n\x0fPartnerDelivery\x12\x19\n\x0b\x64\x65livery_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\x12\x15\n\x07partner\x18\x02 \x01(\tB\x04\xa8\xd4\x18\x01\x12\x35\n\x08priority\x18\x03 \x01(\x0e\x32\x1d.ctroute.referral.v1.PriorityB\x04\xa8\xd4\x18\x01\x12\x16\n\x08rule_ids\x18\x04 \x03(\tB\x04\xa8\xd4\x18\x01\x12\x36\n\x0c\x64\x65livered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01\x12\x38\n\x0e\x61\x63knowledge_by\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01\x12\x35\n\x08referral\x18\x07 \x01(\x0b\x32\x1d.ctroute.referral.v1.ReferralB\x04\xa8\xd4\x18\x01\x12?\n\x10released_classes\x18\x08 \x03(\x0e\x32\x1f.ctroute.options.v1.SensitivityB\x04\xa8\xd4\x18\x01\x12\x1c\n\x0epolicy_version\x18\t \x01(\tB\x04\xa8\xd4\x18\x01\x12\x34\n\x04kind\x18\n \x01(\x0e\x32 .ctroute.partner.v1.DeliveryKindB\x04\xa8\xd4\x18\x01\x12>\n\rcorroboration\x18\x0b \x01(\x0b\x32!.ctroute.partner.v1.CorroborationB\x04\xa8\xd4\x18\x01\"_\n\rCorroboration\x12%\n\x17\x63orroborating_referrals\x18\x01 \x01(\x05\x42\x04\xa8\xd4\x18\x01\x12\'\n\x19referral_ids_you_received\x18\x02 \x03(\tB\x04\xa8\xd4\x18\x01\"\xd3\x04\n\x1bReportDeliveryStatusRequest\x12#\n\x0b\x64\x65livery_id\x18\x01 \x01(\tB\x0e\xbaH\x07r\x05\x10\x01\x18\x80\x01\xa8\xd4\x18\x01\x12\x32\n\x07partner\x18\x02 \x01(\tB!\xbaH\x1ar\x18\x32\x16^[a-z][a-z0-9-]{1,62}$\xa8\xd4\x18\x01\x12M\n\x05state\x18\x03 \x01(\x0e\x32\".ctroute.referral.v1.DeliveryStateB\x1a\xbaH\x13\x82\x01\x10\x10\x01\x18\x02\x18\x03\x18\x04\x18\x05\x18\x06\x18\x07\x18\x08\xa8\xd4\x18\x01\x12H\n\x0e\x64\x65\x63line_reason\x18\x04 \x01(\x0e\x32\".ctroute.referral.v1.DeclineReasonB\x0c\xbaH\x05\x82\x01\x02\x10\x01\xa8\xd4\x18\x01\x12;\n\x07outcome\x18\x05 \x01(\x0e\x32\x1c.ctroute.referral.v1.OutcomeB\x0c\xbaH\x05\x82\x01\x02\x10\x01\xa8\xd4\x18\x01\x12\x1a\n\x04note\x18\x06 \x01(\tB\x0c\xbaH\x05r\x03\x18\xd0\x0f\xa8\xd4\x18\x03:\xe8\x01\xbaH\xe4\x01\x1au\n\x1cstatus.declined_needs_reason\x12(a DECLINED status needs a decline_reason\x1a+this.state != 4 || this.decline_reason != 0\x1ak\n\x1estatus.completed_needs_outcome\x12#a COMPLETED status needs an outcome\x1a$this.state != 7 || this.outcome != 0\"W\n\x1cReportDeliveryStatusResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32\".ctroute.referral.v1.DeliveryStateB\x04\xa8\xd4\x18\x01\"\xb1\x01\n\x16\x44\x65liveryStatusReported\x12\x19\n\x0breferral_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\x12\x45\n\x06report\x18\x02 \x01(\x0b\x32/.ctroute.partner.v1.ReportDeliveryStatusRequestB\x04\xa8\xd4\x18\x01\x12\x35\n\x0breported_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01*\xb5\x01\n\x0c\x44\x65liveryKind\x12\x1d\n\x19\x44\x45LIVERY_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x45LIVERY_KIND_NEW\x10\x01\x12\x1b\n\x17\x44\x45LIVERY_KIND_AMENDMENT\x10\x02\x12\x1c\n\x18\x44\x45LIVERY_KIND_WITHDRAWAL\x10\x03\x12\x18\n\x14\x44\x45LIVERY_KIND_RECALL\x10\x04\x12\x1a\n\x16\x44\x45LIVERY_KIND_REMINDER\x10\x05\x32\x91\x01\n\x14PartnerStatusService\x12y\n\x14ReportDeliveryStatus\x12/.ctroute.partner.v1.ReportDeliveryStatusRequest\x1a\x30.ctroute.partner.v1.ReportDeliveryStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ctroute/partner/v1/delivery.proto\x12\x12\x63troute.partner.v1\x1a\x1b\x62uf/validate/validate.proto\x1a$ctroute/options/v1/sensitivity.proto\x1a#ctroute/referral/v1/lifecycle.proto\x1a\"ctroute/referral/v1/referral.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x04\n\x0fPartnerDelivery\x12\x19\n\x0b\x64\x65livery_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\x12\x15\n\x07partner\x18\x02 \x01(\tB\x04\xa8\xd4\x18\x01\x12\x35\n\x08priority\x18\x03 \x01(\x0e\x32\x1d.ctroute.referral.v1.PriorityB\x04\xa8\xd4\x18\x01\x12\x16\n\x08rule_ids\x18\x04 \x03(\tB\x04\xa8\xd4\x18\x01\x12\x36\n\x0c\x64\x65livered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01\x12\x38\n\x0e\x61\x63knowledge_by\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01\x12\x35\n\x08referral\x18\x07 \x01(\x0b\x32\x1d.ctroute.referral.v1.ReferralB\x04\xa8\xd4\x18\x01\x12?\n\x10released_classes\x18\x08 \x03(\x0e\x32\x1f.ctroute.options.v1.SensitivityB\x04\xa8\xd4\x18\x01\x12\x1c\n\x0epolicy_version\x18\t \x01(\tB\x04\xa8\xd4\x18\x01\x12\x34\n\x04kind\x18\n \x01(\x0e\x32 .ctroute.partner.v1.DeliveryKindB\x04\xa8\xd4\x18\x01\x12>\n\rcorroboration\x18\x0b \x01(\x0b\x32!.ctroute.partner.v1.CorroborationB\x04\xa8\xd4\x18\x01\x12\x1d\n\x0foverdue_partner\x18\x0c \x01(\tB\x04\xa8\xd4\x18\x01\x12!\n\x13overdue_delivery_id\x18\r \x01(\tB\x04\xa8\xd4\x18\x01\x12!\n\x13recalled_victim_ref\x18\x0e \x01(\tB\x04\xa8\xd4\x18\x01\"_\n\rCorroboration\x12%\n\x17\x63orroborating_referrals\x18\x01 \x01(\x05\x42\x04\xa8\xd4\x18\x01\x12\'\n\x19referral_ids_you_received\x18\x02 \x03(\tB\x04\xa8\xd4\x18\x01\"\xd3\x04\n\x1bReportDeliveryStatusRequest\x12#\n\x0b\x64\x65livery_id\x18\x01 \x01(\tB\x0e\xbaH\x07r\x05\x10\x01\x18\x80\x01\xa8\xd4\x18\x01\x12\x32\n\x07partner\x18\x02 \x01(\tB!\xbaH\x1ar\x18\x32\x16^[a-z][a-z0-9-]{1,62}$\xa8\xd4\x18\x01\x12M\n\x05state\x18\x03 \x01(\x0e\x32\".ctroute.referral.v1.DeliveryStateB\x1a\xbaH\x13\x82\x01\x10\x10\x01\x18\x02\x18\x03\x18\x04\x18\x05\x18\x06\x18\x07\x18\x08\xa8\xd4\x18\x01\x12H\n\x0e\x64\x65\x63line_reason\x18\x04 \x01(\x0e\x32\".ctroute.referral.v1.DeclineReasonB\x0c\xbaH\x05\x82\x01\x02\x10\x01\xa8\xd4\x18\x01\x12;\n\x07outcome\x18\x05 \x01(\x0e\x32\x1c.ctroute.referral.v1.OutcomeB\x0c\xbaH\x05\x82\x01\x02\x10\x01\xa8\xd4\x18\x01\x12\x1a\n\x04note\x18\x06 \x01(\tB\x0c\xbaH\x05r\x03\x18\xd0\x0f\xa8\xd4\x18\x03:\xe8\x01\xbaH\xe4\x01\x1au\n\x1cstatus.declined_needs_reason\x12(a DECLINED status needs a decline_reason\x1a+this.state != 4 || this.decline_reason != 0\x1ak\n\x1estatus.completed_needs_outcome\x12#a COMPLETED status needs an outcome\x1a$this.state != 7 || this.outcome != 0\"W\n\x1cReportDeliveryStatusResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32\".ctroute.referral.v1.DeliveryStateB\x04\xa8\xd4\x18\x01\"\xb1\x01\n\x16\x44\x65liveryStatusReported\x12\x19\n\x0breferral_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\x12\x45\n\x06report\x18\x02 \x01(\x0b\x32/.ctroute.partner.v1.ReportDeliveryStatusRequestB\x04\xa8\xd4\x18\x01\x12\x35\n\x0breported_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01\"\xaa\x03\n\x13GrantConsentRequest\x12\"\n\x0breferral_id\x18\x01 \x01(\tB\r\xbaH\x06r\x04\x10\x01\x18@\xa8\xd4\x18\x01\x12\x34\n\nvictim_ref\x18\x02 \x01(\tB \xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,32}$\xa8\xd4\x18\x01\x12@\n\x05scope\x18\x03 \x01(\x0e\x32!.ctroute.referral.v1.ConsentScopeB\x0e\xbaH\x07\x82\x01\x04\x10\x01 \x00\xa8\xd4\x18\x01\x12:\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\xbaH\x03\xc8\x01\x01\xa8\xd4\x18\x01\x12\x34\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01:\x84\x01\xbaH\x80\x01\x1a~\n\x1bgrant.expires_after_granted\x12#expires_at must be after granted_at\x1a:!has(this.granted_at) || this.expires_at > this.granted_at\"c\n\x14GrantConsentResponse\x12\x16\n\x08\x65vent_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\x12\x33\n\x07\x63onsent\x18\x02 \x01(\x0b\x32\x1c.ctroute.referral.v1.ConsentB\x04\xa8\xd4\x18\x01\"\xec\x01\n\x16WithdrawConsentRequest\x12\"\n\x0breferral_id\x18\x01 \x01(\tB\r\xbaH\x06r\x04\x10\x01\x18@\xa8\xd4\x18\x01\x12\x34\n\nvictim_ref\x18\x02 \x01(\tB \xbaH\x19r\x17\x32\x15^[A-Za-z0-9_-]{1,32}$\xa8\xd4\x18\x01\x12@\n\x05scope\x18\x03 \x01(\x0e\x32!.ctroute.referral.v1.ConsentScopeB\x0e\xbaH\x07\x82\x01\x04\x10\x01 \x00\xa8\xd4\x18\x01\x12\x36\n\x0cwithdrawn_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01\"i\n\x17WithdrawConsentResponse\x12\x16\n\x08\x65vent_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\x12\x36\n\x0cwithdrawn_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01*\xb5\x01\n\x0c\x44\x65liveryKind\x12\x1d\n\x19\x44\x45LIVERY_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x45LIVERY_KIND_NEW\x10\x01\x12\x1b\n\x17\x44\x45LIVERY_KIND_AMENDMENT\x10\x02\x12\x1c\n\x18\x44\x45LIVERY_KIND_WITHDRAWAL\x10\x03\x12\x18\n\x14\x44\x45LIVERY_KIND_RECALL\x10\x04\x12\x1a\n\x16\x44\x45LIVERY_KIND_REMINDER\x10\x05\x32\x91\x01\n\x14PartnerStatusService\x12y\n\x14ReportDeliveryStatus\x12/.ctroute.partner.v1.ReportDeliveryStatusRequest\x1a\x30.ctroute.partner.v1.ReportDeliveryStatusResponse2\xe5\x01\n\x14VictimConsentService\x12\x61\n\x0cGrantConsent\x12\'.ctroute.partner.v1.GrantConsentRequest\x1a(.ctroute.partner.v1.GrantConsentResponse\x12j\n\x0fWithdrawConsent\x12*.ctroute.partner.v1.WithdrawConsentRequest\x1a+.ctroute.partner.v1.WithdrawConsentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,6 +58,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTNERDELIVERY'].fields_by_name['kind']._serialized_options = b'\250\324\030\001'
   _globals['_PARTNERDELIVERY'].fields_by_name['corroboration']._loaded_options = None
   _globals['_PARTNERDELIVERY'].fields_by_name['corroboration']._serialized_options = b'\250\324\030\001'
+  _globals['_PARTNERDELIVERY'].fields_by_name['overdue_partner']._loaded_options = None
+  _globals['_PARTNERDELIVERY'].fields_by_name['overdue_partner']._serialized_options = b'\250\324\030\001'
+  _globals['_PARTNERDELIVERY'].fields_by_name['overdue_delivery_id']._loaded_options = None
+  _globals['_PARTNERDELIVERY'].fields_by_name['overdue_delivery_id']._serialized_options = b'\250\324\030\001'
+  _globals['_PARTNERDELIVERY'].fields_by_name['recalled_victim_ref']._loaded_options = None
+  _globals['_PARTNERDELIVERY'].fields_by_name['recalled_victim_ref']._serialized_options = b'\250\324\030\001'
   _globals['_CORROBORATION'].fields_by_name['corroborating_referrals']._loaded_options = None
   _globals['_CORROBORATION'].fields_by_name['corroborating_referrals']._serialized_options = b'\250\324\030\001'
   _globals['_CORROBORATION'].fields_by_name['referral_ids_you_received']._loaded_options = None
@@ -84,18 +90,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELIVERYSTATUSREPORTED'].fields_by_name['report']._serialized_options = b'\250\324\030\001'
   _globals['_DELIVERYSTATUSREPORTED'].fields_by_name['reported_at']._loaded_options = None
   _globals['_DELIVERYSTATUSREPORTED'].fields_by_name['reported_at']._serialized_options = b'\250\324\030\001'
-  _globals['_DELIVERYKIND']._serialized_start=1726
-  _globals['_DELIVERYKIND']._serialized_end=1907
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['referral_id']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['referral_id']._serialized_options = b'\272H\006r\004\020\001\030@\250\324\030\001'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['victim_ref']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['victim_ref']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,32}$\250\324\030\001'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['scope']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['scope']._serialized_options = b'\272H\007\202\001\004\020\001 \000\250\324\030\001'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['expires_at']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['expires_at']._serialized_options = b'\272H\003\310\001\001\250\324\030\001'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['granted_at']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['granted_at']._serialized_options = b'\250\324\030\001'
+  _globals['_GRANTCONSENTREQUEST']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST']._serialized_options = b'\272H\200\001\032~\n\033grant.expires_after_granted\022#expires_at must be after granted_at\032:!has(this.granted_at) || this.expires_at > this.granted_at'
+  _globals['_GRANTCONSENTRESPONSE'].fields_by_name['event_id']._loaded_options = None
+  _globals['_GRANTCONSENTRESPONSE'].fields_by_name['event_id']._serialized_options = b'\250\324\030\001'
+  _globals['_GRANTCONSENTRESPONSE'].fields_by_name['consent']._loaded_options = None
+  _globals['_GRANTCONSENTRESPONSE'].fields_by_name['consent']._serialized_options = b'\250\324\030\001'
+  _globals['_WITHDRAWCONSENTREQUEST'].fields_by_name['referral_id']._loaded_options = None
+  _globals['_WITHDRAWCONSENTREQUEST'].fields_by_name['referral_id']._serialized_options = b'\272H\006r\004\020\001\030@\250\324\030\001'
+  _globals['_WITHDRAWCONSENTREQUEST'].fields_by_name['victim_ref']._loaded_options = None
+  _globals['_WITHDRAWCONSENTREQUEST'].fields_by_name['victim_ref']._serialized_options = b'\272H\031r\0272\025^[A-Za-z0-9_-]{1,32}$\250\324\030\001'
+  _globals['_WITHDRAWCONSENTREQUEST'].fields_by_name['scope']._loaded_options = None
+  _globals['_WITHDRAWCONSENTREQUEST'].fields_by_name['scope']._serialized_options = b'\272H\007\202\001\004\020\001 \000\250\324\030\001'
+  _globals['_WITHDRAWCONSENTREQUEST'].fields_by_name['withdrawn_at']._loaded_options = None
+  _globals['_WITHDRAWCONSENTREQUEST'].fields_by_name['withdrawn_at']._serialized_options = b'\250\324\030\001'
+  _globals['_WITHDRAWCONSENTRESPONSE'].fields_by_name['event_id']._loaded_options = None
+  _globals['_WITHDRAWCONSENTRESPONSE'].fields_by_name['event_id']._serialized_options = b'\250\324\030\001'
+  _globals['_WITHDRAWCONSENTRESPONSE'].fields_by_name['withdrawn_at']._loaded_options = None
+  _globals['_WITHDRAWCONSENTRESPONSE'].fields_by_name['withdrawn_at']._serialized_options = b'\250\324\030\001'
+  _globals['_DELIVERYKIND']._serialized_start=2703
+  _globals['_DELIVERYKIND']._serialized_end=2884
   _globals['_PARTNERDELIVERY']._serialized_start=231
-  _globals['_PARTNERDELIVERY']._serialized_end=759
-  _globals['_CORROBORATION']._serialized_start=761
-  _globals['_CORROBORATION']._serialized_end=856
-  _globals['_REPORTDELIVERYSTATUSREQUEST']._serialized_start=859
-  _globals['_REPORTDELIVERYSTATUSREQUEST']._serialized_end=1454
-  _globals['_REPORTDELIVERYSTATUSRESPONSE']._serialized_start=1456
-  _globals['_REPORTDELIVERYSTATUSRESPONSE']._serialized_end=1543
-  _globals['_DELIVERYSTATUSREPORTED']._serialized_start=1546
-  _globals['_DELIVERYSTATUSREPORTED']._serialized_end=1723
-  _globals['_PARTNERSTATUSSERVICE']._serialized_start=1910
-  _globals['_PARTNERSTATUSSERVICE']._serialized_end=2055
+  _globals['_PARTNERDELIVERY']._serialized_end=860
+  _globals['_CORROBORATION']._serialized_start=862
+  _globals['_CORROBORATION']._serialized_end=957
+  _globals['_REPORTDELIVERYSTATUSREQUEST']._serialized_start=960
+  _globals['_REPORTDELIVERYSTATUSREQUEST']._serialized_end=1555
+  _globals['_REPORTDELIVERYSTATUSRESPONSE']._serialized_start=1557
+  _globals['_REPORTDELIVERYSTATUSRESPONSE']._serialized_end=1644
+  _globals['_DELIVERYSTATUSREPORTED']._serialized_start=1647
+  _globals['_DELIVERYSTATUSREPORTED']._serialized_end=1824
+  _globals['_GRANTCONSENTREQUEST']._serialized_start=1827
+  _globals['_GRANTCONSENTREQUEST']._serialized_end=2253
+  _globals['_GRANTCONSENTRESPONSE']._serialized_start=2255
+  _globals['_GRANTCONSENTRESPONSE']._serialized_end=2354
+  _globals['_WITHDRAWCONSENTREQUEST']._serialized_start=2357
+  _globals['_WITHDRAWCONSENTREQUEST']._serialized_end=2593
+  _globals['_WITHDRAWCONSENTRESPONSE']._serialized_start=2595
+  _globals['_WITHDRAWCONSENTRESPONSE']._serialized_end=2700
+  _globals['_PARTNERSTATUSSERVICE']._serialized_start=2887
+  _globals['_PARTNERSTATUSSERVICE']._serialized_end=3032
+  _globals['_VICTIMCONSENTSERVICE']._serialized_start=3035
+  _globals['_VICTIMCONSENTSERVICE']._serialized_end=3264
 # @@protoc_insertion_point(module_scope)

@@ -82,6 +82,9 @@ class PartnerDelivery(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     CORROBORATION_FIELD_NUMBER: _builtins.int
+    OVERDUE_PARTNER_FIELD_NUMBER: _builtins.int
+    OVERDUE_DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    RECALLED_VICTIM_REF_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
     """delivery_id identifies this copy; quote it when reporting status. It is stable, so a copy
     seen twice is the same delivery.
@@ -94,6 +97,17 @@ class PartnerDelivery(_message.Message):
     """policy_version identifies the routing policy that made the decision."""
     kind: Global___DeliveryKind.ValueType
     """kind says whether this is a new referral or news about one the partner already has."""
+    overdue_partner: _builtins.str
+    """overdue_partner is set on a REMINDER to the coordination desk: the partner whose
+    acknowledgement of this referral is past its deadline.
+    """
+    overdue_delivery_id: _builtins.str
+    """overdue_delivery_id is set on a REMINDER: the delivery whose acknowledgement is overdue."""
+    recalled_victim_ref: _builtins.str
+    """recalled_victim_ref is set on a RECALL: the victim, named by its reference within the
+    referral and never by identity, whose identity the partner must destroy because the victim
+    withdrew the consent the partner received it on.
+    """
     @_builtins.property
     def rule_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """rule_ids are the routing rules that chose this partner."""
@@ -132,10 +146,13 @@ class PartnerDelivery(_message.Message):
         policy_version: _builtins.str = ...,
         kind: Global___DeliveryKind.ValueType = ...,
         corroboration: Global___Corroboration | None = ...,
+        overdue_partner: _builtins.str = ...,
+        overdue_delivery_id: _builtins.str = ...,
+        recalled_victim_ref: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_by", b"acknowledge_by", "corroboration", b"corroboration", "delivered_at", b"delivered_at", "referral", b"referral"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_by", b"acknowledge_by", "corroboration", b"corroboration", "delivered_at", b"delivered_at", "delivery_id", b"delivery_id", "kind", b"kind", "partner", b"partner", "policy_version", b"policy_version", "priority", b"priority", "referral", b"referral", "released_classes", b"released_classes", "rule_ids", b"rule_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_by", b"acknowledge_by", "corroboration", b"corroboration", "delivered_at", b"delivered_at", "delivery_id", b"delivery_id", "kind", b"kind", "overdue_delivery_id", b"overdue_delivery_id", "overdue_partner", b"overdue_partner", "partner", b"partner", "policy_version", b"policy_version", "priority", b"priority", "recalled_victim_ref", b"recalled_victim_ref", "referral", b"referral", "released_classes", b"released_classes", "rule_ids", b"rule_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,3 +290,137 @@ class DeliveryStatusReported(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliveryStatusReported: _TypeAlias = DeliveryStatusReported  # noqa: Y015
+
+@_typing.final
+class GrantConsentRequest(_message.Message):
+    """GrantConsentRequest is a victim's consent as the victim specialist took it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERRAL_ID_FIELD_NUMBER: _builtins.int
+    VICTIM_REF_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    GRANTED_AT_FIELD_NUMBER: _builtins.int
+    referral_id: _builtins.str
+    """referral_id is the referral the victim belongs to."""
+    victim_ref: _builtins.str
+    """victim_ref names the victim within the referral."""
+    scope: _referral_pb2.ConsentScope.ValueType
+    """scope is the purpose the victim consents to."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """expires_at is when the consent lapses; consent is always time-limited."""
+
+    @_builtins.property
+    def granted_at(self) -> _timestamp_pb2.Timestamp:
+        """granted_at is when the victim gave the consent; the time of the request when absent."""
+
+    def __init__(
+        self,
+        *,
+        referral_id: _builtins.str = ...,
+        victim_ref: _builtins.str = ...,
+        scope: _referral_pb2.ConsentScope.ValueType = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        granted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "granted_at", b"granted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "granted_at", b"granted_at", "referral_id", b"referral_id", "scope", b"scope", "victim_ref", b"victim_ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantConsentRequest: _TypeAlias = GrantConsentRequest  # noqa: Y015
+
+@_typing.final
+class GrantConsentResponse(_message.Message):
+    """GrantConsentResponse confirms a recorded consent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """event_id is the id of the ConsentGranted event published for the consent."""
+    @_builtins.property
+    def consent(self) -> _referral_pb2.Consent:
+        """consent is the consent as recorded, with granted_at filled in."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        consent: _referral_pb2.Consent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantConsentResponse: _TypeAlias = GrantConsentResponse  # noqa: Y015
+
+@_typing.final
+class WithdrawConsentRequest(_message.Message):
+    """WithdrawConsentRequest is a victim's withdrawal of the consent of one scope."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERRAL_ID_FIELD_NUMBER: _builtins.int
+    VICTIM_REF_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_AT_FIELD_NUMBER: _builtins.int
+    referral_id: _builtins.str
+    """referral_id is the referral the victim belongs to."""
+    victim_ref: _builtins.str
+    """victim_ref names the victim within the referral."""
+    scope: _referral_pb2.ConsentScope.ValueType
+    """scope is the purpose the victim no longer consents to."""
+    @_builtins.property
+    def withdrawn_at(self) -> _timestamp_pb2.Timestamp:
+        """withdrawn_at is when the victim withdrew the consent; the time of the request when absent."""
+
+    def __init__(
+        self,
+        *,
+        referral_id: _builtins.str = ...,
+        victim_ref: _builtins.str = ...,
+        scope: _referral_pb2.ConsentScope.ValueType = ...,
+        withdrawn_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["referral_id", b"referral_id", "scope", b"scope", "victim_ref", b"victim_ref", "withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawConsentRequest: _TypeAlias = WithdrawConsentRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawConsentResponse(_message.Message):
+    """WithdrawConsentResponse confirms a recorded withdrawal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_AT_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """event_id is the id of the ConsentWithdrawn event published for the withdrawal."""
+    @_builtins.property
+    def withdrawn_at(self) -> _timestamp_pb2.Timestamp:
+        """withdrawn_at is the withdrawal time as recorded."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        withdrawn_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawConsentResponse: _TypeAlias = WithdrawConsentResponse  # noqa: Y015

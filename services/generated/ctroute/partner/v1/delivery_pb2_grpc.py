@@ -99,3 +99,132 @@ class PartnerStatusService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class VictimConsentServiceStub:
+    """VictimConsentService is how a victim specialist records a victim's consent decisions. Victim
+    services keeps the record and publishes ConsentGranted and ConsentWithdrawn events on the
+    referral's own partition; the router honours them in every later release of the victim's
+    identity and recalls the identity from partners that received it on a withdrawn consent.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GrantConsent = channel.unary_unary(
+                '/ctroute.partner.v1.VictimConsentService/GrantConsent',
+                request_serializer=ctroute_dot_partner_dot_v1_dot_delivery__pb2.GrantConsentRequest.SerializeToString,
+                response_deserializer=ctroute_dot_partner_dot_v1_dot_delivery__pb2.GrantConsentResponse.FromString,
+                _registered_method=True)
+        self.WithdrawConsent = channel.unary_unary(
+                '/ctroute.partner.v1.VictimConsentService/WithdrawConsent',
+                request_serializer=ctroute_dot_partner_dot_v1_dot_delivery__pb2.WithdrawConsentRequest.SerializeToString,
+                response_deserializer=ctroute_dot_partner_dot_v1_dot_delivery__pb2.WithdrawConsentResponse.FromString,
+                _registered_method=True)
+
+
+class VictimConsentServiceServicer:
+    """VictimConsentService is how a victim specialist records a victim's consent decisions. Victim
+    services keeps the record and publishes ConsentGranted and ConsentWithdrawn events on the
+    referral's own partition; the router honours them in every later release of the victim's
+    identity and recalls the identity from partners that received it on a withdrawn consent.
+    """
+
+    def GrantConsent(self, request, context):
+        """GrantConsent records a victim's informed, written, time-limited consent for one scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawConsent(self, request, context):
+        """WithdrawConsent records that a victim withdrew the consent of one scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_VictimConsentServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GrantConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantConsent,
+                    request_deserializer=ctroute_dot_partner_dot_v1_dot_delivery__pb2.GrantConsentRequest.FromString,
+                    response_serializer=ctroute_dot_partner_dot_v1_dot_delivery__pb2.GrantConsentResponse.SerializeToString,
+            ),
+            'WithdrawConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawConsent,
+                    request_deserializer=ctroute_dot_partner_dot_v1_dot_delivery__pb2.WithdrawConsentRequest.FromString,
+                    response_serializer=ctroute_dot_partner_dot_v1_dot_delivery__pb2.WithdrawConsentResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ctroute.partner.v1.VictimConsentService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ctroute.partner.v1.VictimConsentService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class VictimConsentService:
+    """VictimConsentService is how a victim specialist records a victim's consent decisions. Victim
+    services keeps the record and publishes ConsentGranted and ConsentWithdrawn events on the
+    referral's own partition; the router honours them in every later release of the victim's
+    identity and recalls the identity from partners that received it on a withdrawn consent.
+    """
+
+    @staticmethod
+    def GrantConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctroute.partner.v1.VictimConsentService/GrantConsent',
+            ctroute_dot_partner_dot_v1_dot_delivery__pb2.GrantConsentRequest.SerializeToString,
+            ctroute_dot_partner_dot_v1_dot_delivery__pb2.GrantConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctroute.partner.v1.VictimConsentService/WithdrawConsent',
+            ctroute_dot_partner_dot_v1_dot_delivery__pb2.WithdrawConsentRequest.SerializeToString,
+            ctroute_dot_partner_dot_v1_dot_delivery__pb2.WithdrawConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
