@@ -14,12 +14,51 @@ from plumbing import config, topics
 from plumbing.grpc_server import TracingInterceptor, start_grpc_server
 from plumbing.kafka import ConsumedEvent, EventConsumer, EventPublisher
 from plumbing.runtime import configure_logging, stop_on_signals
+from plumbing.sensitivity import operational_view
 from plumbing.telemetry import configure_tracing, shutdown_tracing
+from referral.adapters.audit_log import AuditLog
 from referral.adapters.delivery_store import DeliveryStore
 from referral.entrypoints.partner_api import PartnerStatusApi
 from referral.tracker import LifecycleTracker
 
 SERVICE_NAME = "referral-tracker"
+
+AUDITED = (
+    lifecycle_pb2.DeliveryStatusChanged,
+    lifecycle_pb2.DeliveryStatusRejected,
+    lifecycle_pb2.DeliveryEscalated,
+)
+
+
+def record_for_audit(audit: AuditLog, consumed: ConsumedEvent) -> None:
+    """Append releases and status changes to the audit chain. Bodies are the events'
+    OPERATIONAL fields only (contract-driven), so the chain itself holds no personal data."""
+    event = consumed.event
+    envelope = consumed.envelope
+    if isinstance(event, lifecycle_pb2.ReferralRouted):
+        decided = operational_view(event.decision)
+        for release in decided.get("partners", []):
+            audit.append(
+                f"{envelope.event_id}/{release['partner']}",
+                envelope.time,
+                "RELEASE",
+                event.referral_id,
+                {
+                    **release,
+                    "policy_version": decided.get("policy_version", ""),
+                    "matched_rules": decided.get("matched_rules", []),
+                },
+            )
+    elif isinstance(event, AUDITED):
+        audit.append(
+            envelope.event_id,
+            envelope.time,
+            event.DESCRIPTOR.name,
+            consumed.key,
+            operational_view(event),
+        )
+
+
 log = logging.getLogger(__name__)
 
 
@@ -30,6 +69,7 @@ def main() -> None:
     bootstrap = config.kafka_bootstrap_servers()
     publisher = EventPublisher(bootstrap, source=SERVICE_NAME)
     store = DeliveryStore(config.data_dir() / "lifecycle.sqlite3")
+    audit = AuditLog(config.audit_log_path())
     publish_lock = threading.Lock()
 
     def publish(topic: str, key: str, event: Message, event_id: str) -> None:
@@ -56,6 +96,7 @@ def main() -> None:
 
     def handle(consumed: ConsumedEvent) -> None:
         event = consumed.event
+        record_for_audit(audit, consumed)
         if isinstance(event, lifecycle_pb2.ReferralDelivered):
             tracker.delivered(event)
         elif isinstance(event, delivery_pb2.DeliveryStatusReported):
@@ -69,4 +110,5 @@ def main() -> None:
         server.stop()
         publisher.close()
         store.close()
+        audit.close()
         shutdown_tracing(provider)
