@@ -9,6 +9,7 @@ are acknowledged: a crash replays records (at least once) and never loses one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -19,18 +20,29 @@ from typing import Any
 
 from google.protobuf.message import Message
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from plumbing import topics
-from plumbing.envelope import Envelope, EnvelopeError, Headers, decode_event, event_headers
+from plumbing.envelope import (
+    Envelope,
+    EnvelopeError,
+    Headers,
+    decode_event,
+    event_headers,
+    header_value,
+)
 from plumbing.telemetry import extract_trace_context, inject_trace_context
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("ctroute.plumbing.kafka")
 
 MAX_HANDLER_ATTEMPTS = 3
+
+REDRIVEN_ATTEMPTS_HEADER = "dlq_redriven_attempts"
+"""Set by `refctl dlq redrive` on a republished record: the attempts spent before the redrive."""
 
 
 class RejectedEvent(Exception):
@@ -94,8 +106,13 @@ class EventPublisher:
         """Send a record as it is (used for dead letters, which keep the original bytes)."""
         return self._producer.send(topic, key=key, value=value, headers=headers)
 
-    def flush(self, timeout: float | None = 30) -> None:
-        """Block until every sent record is acknowledged or failed."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every sent record is acknowledged or failed.
+
+        By default this waits out a broker outage instead of raising KafkaTimeoutError (which
+        ended the consume loop, and with it the service, when the broker restarted). It cannot
+        hang: the producer fails a record it could not deliver within its delivery timeout.
+        """
         self._producer.flush(timeout=timeout)
 
     def close(self, timeout: float = 10) -> None:
@@ -119,8 +136,16 @@ Handler = Callable[[ConsumedEvent], None]
 
 
 def dead_letter_headers(record: Any, *, error: str, group_id: str, attempts: int) -> Headers:
-    """The original headers plus where the record came from and why it was rejected."""
+    """The original headers plus where the record came from and why it was rejected.
+
+    `attempts` counts this consumer's tries. A record an operator redrove carries the tries spent
+    before the redrive in `dlq_redriven_attempts`; they are added, so `dlq_attempts` is the
+    record's total (garbage redriven once comes back with 2). A malformed count is taken as 0:
+    dead-lettering must not fail because of a header.
+    """
     headers: Headers = [(k, v) for k, v in (record.headers or []) if v is not None]
+    with contextlib.suppress(ValueError):
+        attempts += max(0, int(header_value(headers, REDRIVEN_ATTEMPTS_HEADER) or 0))
     headers += [
         ("dlq_error", error.encode()),
         ("dlq_topic", record.topic.encode()),
@@ -162,20 +187,69 @@ class EventConsumer:
         else:
             self._consumer.subscribe(topics=list(topic_names))
 
-    def run(self, handler: Handler, stop: threading.Event) -> None:
-        """Process records until `stop` is set, then commit what was processed and close."""
+    def run(
+        self,
+        handler: Handler,
+        stop: threading.Event,
+        *,
+        between_polls: Callable[[], None] | None = None,
+    ) -> None:
+        """Process records until `stop` is set, then commit what was processed and close.
+
+        `between_polls` runs after every poll, busy or idle: time-driven work (sweeps, deadlines)
+        happens on the consumer's own thread, so it needs no locking against the handler.
+        """
         try:
             while not stop.is_set():
-                batches = self._consumer.poll(timeout_ms=200)
+                batches = self._poll(stop)
+                if between_polls is not None:
+                    between_polls()
+                    self._publisher.flush()
                 if not batches:
                     continue
                 for records in batches.values():
                     for record in records:
                         self._process(record, handler)
                 self._publisher.flush()
-                self._consumer.commit()
+                self._commit(stop)
         finally:
             self._consumer.close(autocommit=False)
+
+    def _poll(self, stop: threading.Event) -> dict[Any, list[Any]]:
+        """The next records; none while the broker or the group coordinator is unreachable.
+
+        kafka-python's poll raises then, which ended the service on a broker restart. A poll that
+        raises hands out no records, so polling again loses none.
+        """
+        try:
+            batches: dict[Any, list[Any]] = self._consumer.poll(timeout_ms=200)
+        except KafkaError as error:
+            if not error.retriable:
+                raise
+            log.warning("poll failed (%s); retrying", type(error).__name__)
+            stop.wait(1.0)
+            return {}
+        return batches
+
+    def _commit(self, stop: threading.Event) -> None:
+        """Commit the processed offsets, waiting out a broker or coordinator outage.
+
+        A commit that fails must not end the service (it did, on a broker restart). Skipping one
+        is safe: a later commit covers these offsets, or the records are replayed (at least once)
+        after a rebalance or a stop.
+        """
+        delay = 0.2
+        while True:
+            try:
+                self._consumer.commit()
+                return
+            except KafkaError as error:
+                if not error.retriable or stop.is_set():
+                    log.warning("offsets not committed: %s", type(error).__name__)
+                    return
+                log.warning("offset commit failed (%s); retrying", type(error).__name__)
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
 
     def _process(self, record: Any, handler: Handler) -> None:
         try:
