@@ -69,6 +69,8 @@ def main() -> int:
         bootstrap_servers=broker.bootstrap_servers,
         grpc_address=grpc_address,
         partner_grpc_address=config.partner_grpc_address(),
+        query_grpc_address=config.query_grpc_address(),
+        victim_services_grpc_address=config.victim_services_grpc_address(),
         data_dir=run_dir / "data",
         trace_dir=run_dir / "traces",
         log_dir=run_dir / "logs",

@@ -42,6 +42,7 @@ SERVICES = (
     ServiceSpec("referral-intake", ("referral", "intake"), grpc_health=True),
     ServiceSpec("referral-router", ("referral", "router"), consumer_group="referral-router"),
     ServiceSpec("referral-tracker", ("referral", "tracker"), consumer_group="referral-tracker"),
+    ServiceSpec("referral-timeline", ("referral", "timeline"), consumer_group="referral-timeline"),
     ServiceSpec("enforcement", ("enforcement",), consumer_group="enforcement"),
     ServiceSpec("victim-services", ("victim_services",), consumer_group="victim-services"),
 )
@@ -77,10 +78,16 @@ class ServiceStack:
         extra_env: dict[str, str] | None = None,
         progress: Callable[[str], None] = lambda _message: None,
         partner_grpc_address: str | None = None,
+        query_grpc_address: str | None = None,
+        victim_services_grpc_address: str | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.grpc_address = grpc_address
         self.partner_grpc_address = partner_grpc_address or f"127.0.0.1:{free_port()}"
+        self.query_grpc_address = query_grpc_address or f"127.0.0.1:{free_port()}"
+        self.victim_services_grpc_address = (
+            victim_services_grpc_address or f"127.0.0.1:{free_port()}"
+        )
         self.log_dir = log_dir
         self.progress = progress
         self.env = {
@@ -88,6 +95,8 @@ class ServiceStack:
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
             "REFERRAL_GRPC_ADDR": grpc_address,
             "REFERRAL_PARTNER_GRPC_ADDR": self.partner_grpc_address,
+            "REFERRAL_QUERY_GRPC_ADDR": self.query_grpc_address,
+            "VICTIM_SERVICES_GRPC_ADDR": self.victim_services_grpc_address,
             "CTROUTE_DATA_DIR": str(data_dir),
             "CTROUTE_TRACE_DIR": str(trace_dir),
             "PYTHONUNBUFFERED": "1",

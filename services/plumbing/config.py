@@ -28,6 +28,30 @@ def partner_grpc_address() -> str:
     return os.environ.get("REFERRAL_PARTNER_GRPC_ADDR", "127.0.0.1:50052")
 
 
+def query_grpc_address() -> str:
+    """Address of the referral query API, served by the timeline service
+    (`REFERRAL_QUERY_GRPC_ADDR`)."""
+    return os.environ.get("REFERRAL_QUERY_GRPC_ADDR", "127.0.0.1:50053")
+
+
+def trace_store_url() -> str | None:
+    """Database of the trace store (`CTROUTE_TRACE_STORE_URL`, `postgresql://...`); unset means
+    the SQLite file `trace-store.sqlite3` in the data folder."""
+    return os.environ.get("CTROUTE_TRACE_STORE_URL") or None
+
+
+def victim_services_grpc_address() -> str:
+    """Address of the victim-services consent API, where victim specialists record consent
+    (`VICTIM_SERVICES_GRPC_ADDR`)."""
+    return os.environ.get("VICTIM_SERVICES_GRPC_ADDR", "127.0.0.1:50054")
+
+
+def audit_log_path() -> Path:
+    """The audit chain's SQLite file (`CTROUTE_AUDIT_LOG`, default in the data folder)."""
+    value = os.environ.get("CTROUTE_AUDIT_LOG")
+    return Path(value) if value else data_dir() / "audit.sqlite3"
+
+
 def data_dir() -> Path:
     """Folder for the services' local state such as the intake ledger (`CTROUTE_DATA_DIR`)."""
     return Path(os.environ.get("CTROUTE_DATA_DIR", ".run/data"))

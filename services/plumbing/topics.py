@@ -50,6 +50,7 @@ def _checked(partner: str) -> str:
 ROUTER_STATE = (
     "referral-router-routed-revisions-changelog",
     "referral-router-correlation-index-changelog",
+    "referral-router-referral-state-changelog",
 )
 """The router's faust table changelogs. Created up front with the other topics: a faust worker
 that joins its group before its own freshly created changelogs are visible in the metadata

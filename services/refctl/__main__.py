@@ -12,37 +12,11 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc
 from plumbing import config
-
-
-def _fail(message: str) -> int:
-    print(f"refctl: {message}", file=sys.stderr)
-    return 1
-
-
-def _explain_rpc_error(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)
-    lines = [f"{error.code().name}: {error.details()}"]
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad_request = error_details_pb2.BadRequest()
-                detail.Unpack(bad_request)
-                lines = [f"{error.code().name}: the request was rejected:"]
-                lines += [
-                    f"  - {v.field or '(request)'}: {v.description}"
-                    for v in bad_request.field_violations
-                ]
-    if error.code() == grpc.StatusCode.UNAVAILABLE:
-        lines.append(
-            f"  is the referral service running at {config.grpc_address()}? "
-            "(start it with `make run`, or set REFERRAL_GRPC_ADDR)"
-        )
-    return "\n".join(lines)
+from refctl import audit_cmd, consent_cmd, dlq_cmd, policy_cmd, status_cmd, trace_cmd
+from refctl.output import explain_rpc_error, fail
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -50,12 +24,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        return _fail(f"cannot read {path}: {error.strerror}")
+        return fail(f"cannot read {path}: {error.strerror}")
     request = intake_pb2.SubmitReferralRequest()
     try:
         json_format.Parse(text, request)
     except json_format.ParseError as error:
-        return _fail(
+        return fail(
             f"{path} is not a SubmitReferralRequest in protobuf's JSON mapping: {error}\n"
             '  expected {"referral": {"source": ..., "sourceReference": ..., ...}}'
         )
@@ -64,7 +38,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         try:
             response = stub.SubmitReferral(request, timeout=args.timeout)
         except grpc.RpcError as error:
-            return _fail(_explain_rpc_error(error))
+            return fail(explain_rpc_error(error))
     if response.duplicate:
         print(f"{response.referral_id} (already submitted; no new referral was created)")
     else:
@@ -107,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=0, help="stop after N idle seconds (0: never)"
     )
     tail.set_defaults(run=cmd_tail)
+
+    consent_cmd.register(commands)
+    dlq_cmd.register(commands)
+    policy_cmd.register(commands)
+    status_cmd.register(commands)
+    trace_cmd.register(commands)
+    audit_cmd.register(commands)
     return parser
 
 

@@ -1,14 +1,18 @@
-"""`python -m referral intake|router|tracker`: the gRPC intake, the faust router, or the
-lifecycle tracker with the partner status API."""
+"""`python -m referral intake|router|tracker|timeline`: the gRPC intake, the faust router, the
+lifecycle tracker with the partner status API, or the timeline service with the query API."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m referral {intake|router|tracker}"
+USAGE = "usage: python -m referral {intake|router|tracker|timeline [--rebuild]}"
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["timeline"]:
+        from referral.entrypoints.timeline_main import main as run_timeline
+
+        return run_timeline(argv[1:])
     if len(argv) != 1 or argv[0] not in {"intake", "router", "tracker"}:
         print(USAGE, file=sys.stderr)
         return 2

@@ -28,6 +28,14 @@ class RunningSystem:
     def partner_grpc_address(self) -> str:
         return self.stack.partner_grpc_address
 
+    @property
+    def query_grpc_address(self) -> str:
+        return self.stack.query_grpc_address
+
+    @property
+    def victim_services_grpc_address(self) -> str:
+        return self.stack.victim_services_grpc_address
+
     def move_clock(self, seconds: float) -> None:
         """Move every service's clock to real time + `seconds` (0 puts it back)."""
         (self.trace_dir.parent / "clock-offset").write_text(str(seconds))

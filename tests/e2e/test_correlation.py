@@ -7,9 +7,9 @@ import random
 import uuid
 
 import pytest
+
 from ctroute.partner.v1 import delivery_pb2
 from ctroute.referral.v1 import intake_pb2, referral_pb2
-
 from plumbing import topics
 from tests.e2e.conftest import RunningSystem
 from tests.kafka_reading import read_until
@@ -63,7 +63,7 @@ def _submit(system: RunningSystem, request: intake_pb2.SubmitReferralRequest) ->
 def test_a_shared_phone_number_links_referrals_in_any_format(
     running_system: RunningSystem,
 ) -> None:
-    digits = "".join(random.choices("0123456789", k=7))  # noqa: S311 - a test value
+    digits = "".join(random.choices("0123456789", k=7))
     first = _submit(running_system, _trafficking_with_phone("hsi-tipline", f"+1 (212) {digits}"))
     first_copies = _deliveries(running_system, first, {"hsi", "hsi-vap"})
     assert first_copies["hsi"].corroboration.corroborating_referrals == 0

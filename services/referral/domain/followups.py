@@ -164,11 +164,13 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Reroute:
-    """Where a declined referral goes next: ``target`` (None: nowhere) and why, in words."""
+    """Where a declined referral goes next: ``target`` (None: nowhere), at which priority (the
+    decliner's), and why, in words without personal data."""
 
     plan: Plan
     target: str | None
     explanation: str
+    priority: Priority | None = None
 
 
 # --- consent changes ------------------------------------------------------------------------
@@ -348,7 +350,7 @@ def plan_reroute(holdings: Sequence[Holding], declined_partner: str, reason: str
         f"{declined_partner} declined the referral {words}; no other partner of its kind "
         f"serves it, so {target} takes it over"
     )
-    return Reroute(Plan((), marked), target, explanation)
+    return Reroute(Plan((), marked), target, explanation, holding.priority)
 
 
 # --- helpers --------------------------------------------------------------------------------

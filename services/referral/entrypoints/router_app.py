@@ -21,6 +21,8 @@ from opentelemetry.trace import SpanKind
 from plumbing import config, topics
 from plumbing.runtime import configure_logging
 from plumbing.telemetry import configure_tracing, extract_trace_context, shutdown_tracing
+from referral.adapters.referral_state import decode_state, encode_state
+from referral.domain.followups import ReferralState
 from referral.domain.policy import default_policy_path, load_policy
 from referral.router import Correlated, RawRecord, ReferralRouter
 
@@ -53,6 +55,20 @@ class TableRoutedRevisions:
         key = referral_id.encode()
         known: bytes | None = self._table.get(key)
         self._table[key] = revision.encode() if known is None else known + b"\n" + revision.encode()
+
+
+class TableReferralStates:
+    """ReferralStates over a faust table: referral id -> the router's record of it (JSON)."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def get(self, referral_id: str) -> ReferralState | None:
+        known: bytes | None = self._table.get(referral_id.encode())
+        return decode_state(known) if known is not None else None
+
+    def put(self, referral_id: str, state: ReferralState) -> None:
+        self._table[referral_id.encode()] = encode_state(state)
 
 
 class TableCorrelationIndex:
@@ -115,6 +131,19 @@ def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
         value_type=bytes,
     )
     routed = TableRoutedRevisions(routed_table)
+    # Referral id -> what the router remembers of it: the source's latest content, the consent
+    # changes recorded after submission, and what each partner holds. Partitioned like the
+    # submitted topic, where every event of a referral (amendment, withdrawal, consent, re-route)
+    # is keyed by its id, so the record is on the instance that handles the referral's events.
+    # Its changelog (referral-router-referral-state-changelog) holds the referral's content, as
+    # the submitted topic does, and is compacted: only the latest record per referral is kept.
+    states_table = app.Table(
+        "referral-state",
+        partitions=topics.PARTITIONS,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    states = TableReferralStates(states_table)
     # Fingerprint -> referral ids and referral id -> recipients, for correlation. A global table:
     # a referral on any partition must see referrals that arrived on every other partition.
     correlation_table = app.GlobalTable(
@@ -151,7 +180,7 @@ def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
                     "messaging.consumer.group.name": router.group_id,
                 },
             ):
-                output = router.handle(record, routed, index)
+                output = router.handle(record, routed, index, states)
             pending = [
                 await output_topic(out.topic).send(
                     key=out.key.encode(), value=out.value, headers=out.headers, force=True
@@ -161,8 +190,18 @@ def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
             await asyncio.gather(*pending)
             if output.correlated is not None:
                 index.learn(output.correlated)
+            if output.state is not None:
+                states.put(*output.state)
             if output.routed is not None:
                 routed.remember(*output.routed)
+            if output.state is not None or output.routed is not None:
+                # Table writes reach their changelogs through faust's send-soon buffer. Waiting
+                # until Kafka has them before the next record means a crash loses at most the
+                # record in hand (replayed, and skipped or redone with the same ids), never an
+                # earlier one whose offset may already be committed: a referral's record lost
+                # that way would leave its later withdrawal or consent withdrawal with nobody to
+                # notify.
+                await app.producer.flush()
 
     app.agent(submitted, name="route-referrals")(route_referrals)
     return app
