@@ -9,7 +9,6 @@ are acknowledged: a crash replays records (at least once) and never loses one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -144,8 +143,11 @@ def dead_letter_headers(record: Any, *, error: str, group_id: str, attempts: int
     dead-lettering must not fail because of a header.
     """
     headers: Headers = [(k, v) for k, v in (record.headers or []) if v is not None]
-    with contextlib.suppress(ValueError):
-        attempts += max(0, int(header_value(headers, REDRIVEN_ATTEMPTS_HEADER) or 0))
+    earlier = header_value(headers, REDRIVEN_ATTEMPTS_HEADER) or ""
+    # Only a short plain count is believed: a header is input like any other, and a huge
+    # number would make formatting the sum fail and stop the consumer on every replay.
+    if earlier.isascii() and earlier.isdigit() and len(earlier) <= 6:
+        attempts += int(earlier)
     headers += [
         ("dlq_error", error.encode()),
         ("dlq_topic", record.topic.encode()),

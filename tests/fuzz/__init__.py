@@ -1,0 +1,1 @@
+"""Property-based and coverage-guided tests of bad input at the gRPC intake and on Kafka."""
