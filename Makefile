@@ -7,12 +7,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help prerequisites setup run test lint typecheck generate check-generated clean kafka-jars
+.PHONY: help prerequisites setup run test lint typecheck generate check-generated clean kafka-jars bench fuzz
 
 help:
 	@echo "make run       start Kafka, every service and a demo feed (Ctrl-C stops everything)"
 	@echo "make test      run the whole test suite against a real Kafka broker"
 	@echo "make lint      ruff and mypy"
+	@echo "make bench     how many referrals a second policy simulate evaluates on one core"
+	@echo "make fuzz      long coverage-guided fuzzing of the intake and every record consumer"
 	@echo "make generate  regenerate protobuf code after changing protos/"
 	@echo "make clean     remove the virtual environment, local data and build output"
 
@@ -49,6 +51,12 @@ lint: $(STAMP)
 
 test: setup lint
 	@$(PY) -m pytest
+
+bench: $(STAMP)
+	@$(PY) -m devstack.bench_policy
+
+fuzz: $(STAMP)
+	@$(PY) -m devstack.fuzz all --runs 200000
 
 clean:
 	rm -rf $(VENV) .run build deploy/kafka/lib
