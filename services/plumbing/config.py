@@ -80,6 +80,12 @@ def correlation_key() -> bytes:
     return os.environ.get("CTROUTE_CORRELATION_KEY", "ctroute-local-development-key").encode()
 
 
+def acknowledgement_deadlines() -> str:
+    """Acknowledgement deadlines per priority (`CTROUTE_ACK_DEADLINES`), e.g.
+    "URGENT=15m,HIGH=4h,ROUTINE=2bd"; unset means the default SLA."""
+    return os.environ.get("CTROUTE_ACK_DEADLINES", "")
+
+
 def policy_path() -> Path | None:
     """Routing and release policy file (`CTROUTE_POLICY`); unset means the shipped default."""
     value = os.environ.get("CTROUTE_POLICY")

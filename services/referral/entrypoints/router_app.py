@@ -22,6 +22,7 @@ from plumbing import config, topics
 from plumbing.runtime import configure_logging
 from plumbing.telemetry import configure_tracing, extract_trace_context, shutdown_tracing
 from referral.adapters.referral_state import decode_state, encode_state
+from referral.domain.deadlines import parse_deadlines
 from referral.domain.followups import ReferralState
 from referral.domain.policy import default_policy_path, load_policy
 from referral.router import Correlated, RawRecord, ReferralRouter
@@ -212,7 +213,11 @@ def main() -> None:
     provider = configure_tracing(SERVICE_NAME)
     policy = load_policy(config.policy_path() or default_policy_path())
     log.info("router starting with policy version %s", policy.version)
-    router = ReferralRouter(policy, correlation_key=config.correlation_key())
+    router = ReferralRouter(
+        policy,
+        correlation_key=config.correlation_key(),
+        deadlines=parse_deadlines(config.acknowledgement_deadlines()),
+    )
     app = build_app(config.kafka_bootstrap_servers(), router)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
     try:
