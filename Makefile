@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help prerequisites setup run test lint typecheck generate check-generated clean kafka-jars bench fuzz
+.PHONY: help prerequisites setup run test lint typecheck generate check-generated clean kafka-jars bench fuzz chaos
 
 help:
 	@echo "make run       start Kafka, every service and a demo feed (Ctrl-C stops everything)"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     how many referrals a second policy simulate evaluates on one core"
 	@echo "make fuzz      long coverage-guided fuzzing of the intake and every record consumer"
+	@echo "make chaos     faults under load with exact accounting (not yet part of make test)"
 	@echo "make generate  regenerate protobuf code after changing protos/"
 	@echo "make clean     remove the virtual environment, local data and build output"
 
@@ -54,6 +55,9 @@ test: setup lint
 
 bench: $(STAMP)
 	@$(PY) -m devstack.bench_policy
+
+chaos: setup
+	@$(PY) -m pytest -m chaos tests/chaos
 
 fuzz: $(STAMP)
 	@$(PY) -m devstack.fuzz all --runs 200000
