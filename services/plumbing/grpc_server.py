@@ -6,10 +6,14 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 
 import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
+
+from plumbing.validation import FieldViolation
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Transport limit; request-size limits with clear messages are enforced by each servicer."""
@@ -106,3 +110,23 @@ class TracingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def abort_invalid(context: grpc.ServicerContext, violations: list[FieldViolation]) -> None:
+    """Answer INVALID_ARGUMENT listing every violation: a google.rpc.BadRequest in the status
+    details (field path and reason each), and a one-line summary in the message."""
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.reason)
+            for v in violations
+        ]
+    )
+    detail = status_pb2.Status().details.add()
+    detail.Pack(bad_request)
+    summary = "; ".join(str(v) for v in violations)
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT,
+        message=f"invalid request ({len(violations)} problem(s)): {summary}",
+        details=[detail],
+    )
+    context.abort_with_status(rpc_status.to_status(status))

@@ -22,15 +22,14 @@ from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from ctroute.partner.v1 import delivery_pb2, delivery_pb2_grpc
 from ctroute.referral.v1 import lifecycle_pb2, referral_pb2
 from plumbing import topics
+from plumbing.grpc_server import abort_invalid
 from plumbing.kafka import EventPublisher
 from plumbing.store import KeyedStore
-from plumbing.validation import FieldViolation, violations_of
+from plumbing.validation import violations_of
 from victim_services.domain.consent import (
     ConsentGrant,
     ConsentRecord,
@@ -215,26 +214,7 @@ def _scope_value(scope: ConsentScope) -> referral_pb2.ConsentScope.ValueType:
 def _check(request: Message, context: grpc.ServicerContext) -> None:
     violations = violations_of(request)
     if violations:
-        _abort_invalid(context, violations)
-
-
-def _abort_invalid(context: grpc.ServicerContext, violations: list[FieldViolation]) -> None:
-    """INVALID_ARGUMENT with a BadRequest detail per violated rule, as the intake answers."""
-    bad_request = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.reason)
-            for v in violations
-        ]
-    )
-    detail = status_pb2.Status().details.add()
-    detail.Pack(bad_request)
-    summary = "; ".join(str(v) for v in violations)
-    status = status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT,
-        message=f"invalid request ({len(violations)} problem(s)): {summary}",
-        details=[detail],
-    )
-    context.abort_with_status(rpc_status.to_status(status))
+        abort_invalid(context, violations)
 
 
 def _abort_refused(context: grpc.ServicerContext, refused: ConsentRefused) -> None:

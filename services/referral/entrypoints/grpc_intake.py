@@ -12,12 +12,11 @@ from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from opentelemetry import trace
 
 from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc, lifecycle_pb2
 from plumbing import topics
+from plumbing.grpc_server import abort_invalid
 from plumbing.kafka import EventPublisher
 from plumbing.sensitivity import span_attributes
 from plumbing.validation import FieldViolation, violations_of
@@ -29,24 +28,6 @@ MAX_REFERRAL_BYTES = 512 * 1024
 """Documented limit on a serialized request; attachments travel by reference."""
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
-
-
-def abort_invalid(context: grpc.ServicerContext, violations: list[FieldViolation]) -> None:
-    bad_request = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.reason)
-            for v in violations
-        ]
-    )
-    detail = status_pb2.Status().details.add()
-    detail.Pack(bad_request)
-    summary = "; ".join(str(v) for v in violations)
-    status = status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT,
-        message=f"invalid request ({len(violations)} problem(s)): {summary}",
-        details=[detail],
-    )
-    context.abort_with_status(rpc_status.to_status(status))
 
 
 # Rules declared on the `referral` field of the request are about one of its fields; name it.

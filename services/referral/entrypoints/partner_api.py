@@ -13,9 +13,9 @@ import uuid
 import grpc
 
 from ctroute.partner.v1 import delivery_pb2, delivery_pb2_grpc
+from plumbing.grpc_server import abort_invalid
 from plumbing.validation import violations_of
 from referral.domain.lifecycle import Accepted, Rejected
-from referral.entrypoints.grpc_intake import abort_invalid
 from referral.tracker import LifecycleTracker, state_value
 
 

@@ -47,7 +47,7 @@ from ctroute.referral.v1 import lifecycle_pb2, query_pb2, query_pb2_grpc, referr
 from plumbing import clock as service_clock
 from plumbing import config, topics
 from plumbing.envelope import Envelope, EnvelopeError, decode_event
-from plumbing.grpc_server import TracingInterceptor, start_grpc_server
+from plumbing.grpc_server import TracingInterceptor, abort_invalid, start_grpc_server
 from plumbing.kafka import ConsumedEvent, EventConsumer, EventPublisher, security_settings
 from plumbing.runtime import configure_logging, stop_on_signals
 from plumbing.sensitivity import class_value, sensitivity_of
@@ -65,7 +65,6 @@ from referral.domain.timeline import (
     fold,
     summarize,
 )
-from referral.entrypoints.grpc_intake import abort_invalid
 
 SERVICE_NAME = "referral-timeline"
 CONSUMER_GROUP = "referral-timeline"
