@@ -15,7 +15,7 @@ help:
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     how many referrals a second policy simulate evaluates on one core"
 	@echo "make fuzz      long coverage-guided fuzzing of the intake and every record consumer"
-	@echo "make chaos     faults under load with exact accounting (not yet part of make test)"
+	@echo "make chaos     only the chaos run: faults under load with exact accounting (part of make test)"
 	@echo "make generate  regenerate protobuf code after changing protos/"
 	@echo "make clean     remove the virtual environment, local data and build output"
 

@@ -18,6 +18,10 @@ from devstack.broker import EmbeddedKafka, Progress, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# Session fixtures that more than one folder uses (the fuzz tests reuse the running system and
+# the intake server): declared once here, so a full run starts each of them once.
+pytest_plugins = ("tests.e2e.system", "tests.integration.intake")
+
 
 def _terminal_progress(config: pytest.Config) -> Progress:
     """Progress lines that reach the terminal even while pytest captures output."""

@@ -1,7 +1,8 @@
 """Starts and stops the system's services as real processes against a given Kafka broker.
 
 Used by `make run` and by the end-to-end tests, so both exercise the same processes the
-deployment runs: the gRPC intake, the faust router, enforcement and victim services.
+deployment runs: the gRPC intake, the router, the lifecycle tracker, the timeline, enforcement
+and victim services.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class RunningService:
     spec: ServiceSpec
     process: subprocess.Popen[bytes]
     log_path: Path
+    instance_id: str
     log_file: IO[bytes] = field(repr=False)
 
 
@@ -103,6 +105,7 @@ class ServiceStack:
             **(extra_env or {}),
         }
         self.running: dict[str, RunningService] = {}
+        self._starts = 0
 
     def start(self, timeout: float = 90) -> None:
         """Start every service and wait until each is ready (consumers joined, gRPC serving)."""
@@ -116,9 +119,13 @@ class ServiceStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.name}.log"
         log_file = log_path.open("ab")
+        # A new instance id per start: readiness waits for this process's own group member,
+        # not one a killed predecessor left behind until its session times out.
+        self._starts += 1
+        instance_id = f"{spec.name}-{self._starts}"
         process = subprocess.Popen(
             [*orphan_guard_prefix(), sys.executable, "-m", *spec.module_args],
-            env=self.env,
+            env={**self.env, "CTROUTE_INSTANCE_ID": instance_id},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -126,7 +133,7 @@ class ServiceStack:
             # stops the services in order (the orphan guard still ends them if it dies).
             start_new_session=True,
         )
-        self.running[spec.name] = RunningService(spec, process, log_path, log_file)
+        self.running[spec.name] = RunningService(spec, process, log_path, instance_id, log_file)
         self.progress(f"{spec.name}: started (pid {process.pid}, log {log_path})")
 
     def wait_ready(self, spec: ServiceSpec, deadline: float) -> None:
@@ -138,7 +145,7 @@ class ServiceStack:
                     f"{spec.name} exited with code {service.process.returncode}; "
                     f"end of {service.log_path}:\n{_log_tail(service.log_path)}"
                 )
-            if self._is_ready(spec):
+            if self._is_ready(service):
                 self.progress(f"{spec.name}: ready in {time.monotonic() - started:.1f}s")
                 return
             if time.monotonic() > deadline:
@@ -148,7 +155,8 @@ class ServiceStack:
                 )
             time.sleep(0.2)
 
-    def _is_ready(self, spec: ServiceSpec) -> bool:
+    def _is_ready(self, service: RunningService) -> bool:
+        spec = service.spec
         if spec.grpc_health:
             with grpc.insecure_channel(self.grpc_address) as channel:
                 try:
@@ -159,7 +167,11 @@ class ServiceStack:
                     return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
         assert spec.consumer_group is not None
-        return consumer_group_assigned(self.bootstrap_servers, spec.consumer_group)
+        return consumer_group_assigned(
+            self.bootstrap_servers,
+            spec.consumer_group,
+            member_client_id=f"{spec.consumer_group}-{service.instance_id}",
+        )
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Send a signal to one service and wait for it to exit (SIGKILL: a crash)."""
@@ -193,8 +205,11 @@ class ServiceStack:
         self.running.clear()
 
 
-def consumer_group_assigned(bootstrap_servers: str, group: str) -> bool:
-    """True when the consumer group is stable with partitions assigned to a member."""
+def consumer_group_assigned(
+    bootstrap_servers: str, group: str, *, member_client_id: str | None = None
+) -> bool:
+    """True when the consumer group is stable with partitions assigned to a member (to the
+    member with `member_client_id`, when given)."""
     admin = None
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
@@ -204,6 +219,7 @@ def consumer_group_assigned(bootstrap_servers: str, group: str) -> bool:
         return any(
             (member.get("member_assignment") or {}).get("assigned_partitions")
             for member in description.get("members", [])
+            if member_client_id is None or member.get("client_id") == member_client_id
         )
     except Exception:
         return False

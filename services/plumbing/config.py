@@ -6,6 +6,7 @@ Every variable the system reads is defined here so the operations guide has one 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
@@ -15,6 +16,13 @@ DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 def kafka_bootstrap_servers() -> str:
     """Comma-separated host:port list of the Kafka brokers (`KAFKA_BOOTSTRAP_SERVERS`)."""
     return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_KAFKA_BOOTSTRAP)
+
+
+def instance_id() -> str:
+    """This process's name among the instances of its service (`CTROUTE_INSTANCE_ID`); the
+    host name and process id by default (in Kubernetes, the pod name). Part of every Kafka
+    client id, so an operator can tell a restarted instance from the member it replaced."""
+    return os.environ.get("CTROUTE_INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def grpc_address() -> str:

@@ -24,7 +24,7 @@ from kafka.producer.future import FutureRecordMetadata
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from plumbing import topics
+from plumbing import config, topics
 from plumbing.envelope import (
     Envelope,
     EnvelopeError,
@@ -100,10 +100,19 @@ class EventPublisher:
             )
 
     def publish_raw(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        *,
+        partition: int | None = None,
     ) -> FutureRecordMetadata:
-        """Send a record as it is (used for dead letters, which keep the original bytes)."""
-        return self._producer.send(topic, key=key, value=value, headers=headers)
+        """Send a record as it is (dead letters keep the original bytes; the router sends the
+        records it built and its changelog writes, which go to an explicit partition)."""
+        return self._producer.send(
+            topic, key=key, value=value, headers=headers, partition=partition
+        )
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every sent record is acknowledged or failed.
@@ -160,6 +169,46 @@ def dead_letter_headers(record: Any, *, error: str, group_id: str, attempts: int
     return headers
 
 
+def poll_riding_out_outages(
+    consumer: KafkaConsumer, stop: threading.Event, timeout_ms: int = 200
+) -> dict[Any, list[Any]]:
+    """The next records; none while the broker or the group coordinator is unreachable.
+
+    kafka-python's poll raises then, which ended the service on a broker restart. A poll that
+    raises hands out no records, so polling again loses none.
+    """
+    try:
+        batches: dict[Any, list[Any]] = consumer.poll(timeout_ms=timeout_ms)
+    except KafkaError as error:
+        if not error.retriable:
+            raise
+        log.warning("poll failed (%s); retrying", type(error).__name__)
+        stop.wait(1.0)
+        return {}
+    return batches
+
+
+def commit_riding_out_outages(consumer: KafkaConsumer, stop: threading.Event) -> None:
+    """Commit the processed offsets, waiting out a broker or coordinator outage.
+
+    A commit that fails must not end the service (it did, on a broker restart). Skipping one is
+    safe: a later commit covers these offsets, or the records are replayed (at least once) after
+    a rebalance or a stop.
+    """
+    delay = 0.2
+    while True:
+        try:
+            consumer.commit()
+            return
+        except KafkaError as error:
+            if not error.retriable or stop.is_set():
+                log.warning("offsets not committed: %s", type(error).__name__)
+                return
+            log.warning("offset commit failed (%s); retrying", type(error).__name__)
+            stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+
 class EventConsumer:
     """A consume loop over contract events with dead-lettering and commit-after-publish."""
 
@@ -178,10 +227,14 @@ class EventConsumer:
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
-            client_id=client_id or group_id,
+            client_id=client_id or f"{group_id}-{config.instance_id()}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=500,
+            # A member killed without leaving the group hands its partitions over after 10 s
+            # (kafka-python's default is 45 s of silence on those partitions).
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
             **security_settings(),
         )
         if topic_pattern:
@@ -203,7 +256,7 @@ class EventConsumer:
         """
         try:
             while not stop.is_set():
-                batches = self._poll(stop)
+                batches = poll_riding_out_outages(self._consumer, stop)
                 if between_polls is not None:
                     between_polls()
                     self._publisher.flush()
@@ -213,45 +266,9 @@ class EventConsumer:
                     for record in records:
                         self._process(record, handler)
                 self._publisher.flush()
-                self._commit(stop)
+                commit_riding_out_outages(self._consumer, stop)
         finally:
             self._consumer.close(autocommit=False)
-
-    def _poll(self, stop: threading.Event) -> dict[Any, list[Any]]:
-        """The next records; none while the broker or the group coordinator is unreachable.
-
-        kafka-python's poll raises then, which ended the service on a broker restart. A poll that
-        raises hands out no records, so polling again loses none.
-        """
-        try:
-            batches: dict[Any, list[Any]] = self._consumer.poll(timeout_ms=200)
-        except KafkaError as error:
-            if not error.retriable:
-                raise
-            log.warning("poll failed (%s); retrying", type(error).__name__)
-            stop.wait(1.0)
-            return {}
-        return batches
-
-    def _commit(self, stop: threading.Event) -> None:
-        """Commit the processed offsets, waiting out a broker or coordinator outage.
-
-        A commit that fails must not end the service (it did, on a broker restart). Skipping one
-        is safe: a later commit covers these offsets, or the records are replayed (at least once)
-        after a rebalance or a stop.
-        """
-        delay = 0.2
-        while True:
-            try:
-                self._consumer.commit()
-                return
-            except KafkaError as error:
-                if not error.retriable or stop.is_set():
-                    log.warning("offsets not committed: %s", type(error).__name__)
-                    return
-                log.warning("offset commit failed (%s); retrying", type(error).__name__)
-                stop.wait(delay)
-                delay = min(delay * 2, 5.0)
 
     def _process(self, record: Any, handler: Handler) -> None:
         try:

@@ -20,7 +20,7 @@ def configure_logging(service_name: str) -> None:
         format=f"%(asctime)s {service_name} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("kafka", "aiokafka", "faust", "mode"):
+    for noisy in ("kafka",):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

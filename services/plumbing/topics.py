@@ -52,9 +52,9 @@ ROUTER_STATE = (
     "referral-router-correlation-index-changelog",
     "referral-router-referral-state-changelog",
 )
-"""The router's faust table changelogs. Created up front with the other topics: a faust worker
-that joins its group before its own freshly created changelogs are visible in the metadata
-leaves them unassigned and never recovers."""
+"""The router's changelogs (its durable memory: routed revisions, the correlation index, each
+referral's state), compacted and partitioned like the submitted topic. Created up front with the
+other topics: the router restores from them before it routes a record."""
 
 
 def configs(topic: str) -> dict[str, str]:

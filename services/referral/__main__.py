@@ -1,4 +1,4 @@
-"""`python -m referral intake|router|tracker|timeline`: the gRPC intake, the faust router, the
+"""`python -m referral intake|router|tracker|timeline`: the gRPC intake, the router, the
 lifecycle tracker with the partner status API, or the timeline service with the query API."""
 
 from __future__ import annotations

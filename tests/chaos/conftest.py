@@ -86,7 +86,7 @@ def chaos_system(
 @pytest.fixture(autouse=True)
 def _quiet_kafka_client_logs() -> Iterator[None]:
     """The test polls the broker all the time, also while it is down on purpose: kafka-python's
-    connection errors and warnings (faust's member metadata) would bury a failure report."""
+    connection errors and warnings would bury a failure report."""
     logger = logging.getLogger("kafka")
     level = logger.level
     logger.setLevel(logging.CRITICAL)

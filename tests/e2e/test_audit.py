@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ctroute.referral.v1 import intake_pb2, referral_pb2
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.system import RunningSystem
 
 pytestmark = pytest.mark.broker
 

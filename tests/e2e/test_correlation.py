@@ -11,7 +11,7 @@ import pytest
 from ctroute.partner.v1 import delivery_pb2
 from ctroute.referral.v1 import intake_pb2, referral_pb2
 from plumbing import topics
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.system import RunningSystem
 from tests.kafka_reading import read_until
 
 pytestmark = pytest.mark.broker

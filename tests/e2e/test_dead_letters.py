@@ -25,7 +25,7 @@ from ctroute.operations.v1 import dead_letter_pb2
 from ctroute.referral.v1 import intake_pb2, lifecycle_pb2
 from plumbing import topics
 from refctl.__main__ import main as refctl
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.system import RunningSystem
 from tests.kafka_reading import LandedRecord, end_offsets, read_until
 
 pytestmark = pytest.mark.broker

@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from ctroute.referral.v1 import intake_pb2, lifecycle_pb2, referral_pb2
 from plumbing import topics
 from plumbing.sensitivity import class_value, sensitivity_of
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.system import RunningSystem
 from tests.kafka_reading import read_until
 
 pytestmark = pytest.mark.broker

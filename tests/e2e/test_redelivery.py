@@ -1,5 +1,5 @@
 """A record the router sees again after a crash or a lost offset commit never produces a second
-delivery: the router remembers routed revisions durably (a changelog-backed faust table)."""
+delivery: the router remembers routed revisions durably (a table restored from its changelog)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ctroute.partner.v1 import delivery_pb2
 from ctroute.referral.v1 import intake_pb2
 from plumbing import topics
 from referral.domain.policy import load_default_policy
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.system import RunningSystem
 from tests.kafka_reading import read_all, read_until
 
 pytestmark = pytest.mark.broker
@@ -46,6 +46,22 @@ def _submitted_partitions(bootstrap: str) -> list[TopicPartition]:
         consumer.close()
 
 
+def _wait_until_committed_to_end(bootstrap: str, timeout: float = 120) -> None:
+    partitions = _submitted_partitions(bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=ROUTER_GROUP)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            ends = consumer.end_offsets(partitions)
+            behind = {tp: end for tp, end in ends.items() if (consumer.committed(tp) or 0) < end}
+            if not behind:
+                return
+            assert time.monotonic() < deadline, f"the router never committed up to {behind}"
+            time.sleep(0.2)
+    finally:
+        consumer.close()
+
+
 def _wait_until_remembered(bootstrap: str, ids: list[str], timeout: float = 60) -> None:
     changelog = topics.ROUTER_STATE[0]
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
@@ -66,11 +82,6 @@ def _wait_until_remembered(bootstrap: str, ids: list[str], timeout: float = 60) 
         consumer.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="faust sometimes does not resume consuming after a kill -9 and restart (the takeover "
-    "stall the chaos module also shows); when it does resume, nothing is delivered twice",
-)
 def test_replaying_the_whole_submitted_topic_delivers_nothing_twice(
     running_system: RunningSystem,
 ) -> None:
@@ -111,20 +122,11 @@ def test_replaying_the_whole_submitted_topic_delivers_nothing_twice(
     router_log = running_system.log_dir / "referral-router.log"
     seen_before = router_log.stat().st_size
     running_system.stack.restart("referral-router")
-    # The replay is done for this test once the router has met each of its referrals again.
-    # (Waiting for faust's committed offsets instead is not reliable: faust sometimes stops
-    # committing a partition after such a reset, a stall noted for the next session.)
-    deadline = time.monotonic() + 120
-    while True:
-        with router_log.open("rb") as log:
-            log.seek(seen_before)
-            replayed = log.read().decode("utf-8", errors="replace")
-        if all(
-            f"{referral_id} revision original already routed" in replayed for referral_id in ids
-        ):
-            break
-        assert time.monotonic() < deadline, "the restarted router never replayed the referrals"
-        time.sleep(0.2)
+    # The replay is over when the router has committed every partition to its end.
+    _wait_until_committed_to_end(bootstrap)
+    replayed = router_log.read_bytes()[seen_before:].decode("utf-8", errors="replace")
+    for referral_id in ids:
+        assert f"{referral_id} revision original already routed" in replayed
 
     inboxes = [topics.inbox(p) for p in load_default_policy().partners]
     # Reminders of overdue deliveries (other tests) repeat a delivery id on purpose.

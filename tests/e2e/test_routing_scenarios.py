@@ -34,7 +34,7 @@ from ctroute.referral.v1 import intake_pb2, lifecycle_pb2, referral_pb2
 from plumbing import topics
 from plumbing.sensitivity import class_name
 from referral.domain.policy import load_default_policy
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.system import RunningSystem
 from tests.kafka_reading import LandedRecord, read_all, read_until
 
 pytestmark = pytest.mark.broker

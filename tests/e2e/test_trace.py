@@ -21,7 +21,7 @@ from ctroute.referral.v1 import intake_pb2, lifecycle_pb2, query_pb2, query_pb2_
 from plumbing import topics
 from plumbing.envelope import header_value
 from plumbing.telemetry import trace_id_of_headers
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.system import RunningSystem
 from tests.kafka_reading import read_until
 
 pytestmark = pytest.mark.broker

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from ctroute.partner.v1 import delivery_pb2
 from ctroute.referral.v1 import intake_pb2, lifecycle_pb2
 from plumbing import topics
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.system import RunningSystem
 from tests.kafka_reading import LandedRecord, read_all, read_until
 
 pytestmark = pytest.mark.broker

@@ -43,14 +43,11 @@ from plumbing import topics
 from plumbing.validation import violations_of
 from referral.entrypoints.grpc_intake import MAX_REFERRAL_BYTES
 from tests.fuzz import strategies
-from tests.integration import conftest as integration
 from tests.kafka_reading import end_offsets
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import IntakeServer
+    from tests.integration.intake import IntakeServer
 
-intake_server = integration.intake_server
-"""The integration tests' real gRPC intake on the session broker, visible to this module."""
 
 IN_PROCESS_EXAMPLES = 10_000
 THROUGH_SERVER_EXAMPLES = 500

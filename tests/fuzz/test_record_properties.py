@@ -38,13 +38,10 @@ from ctroute.referral.v1 import intake_pb2, lifecycle_pb2
 from devstack.fuzz import PartnerHarness, RouterHarness, no_retry_pauses, seed_referral
 from plumbing import topics
 from referral.router import RawRecord
-from tests.e2e import conftest as e2e
+from tests.e2e.system import RunningSystem
 from tests.fuzz import strategies
 from tests.fuzz.strategies import KafkaRecord
 from tests.kafka_reading import LandedRecord, read_until
-
-running_system = e2e.running_system
-"""The end-to-end tests' running system (every service as a real process), for this module."""
 
 IN_PROCESS_EXAMPLES = 10_000
 POISON_ON_SUBMITTED = 240
@@ -204,7 +201,7 @@ def _read_dead_letters(bootstrap: str, prefix: bytes, want: int) -> dict[bytes, 
 
 @pytest.mark.broker
 def test_poison_records_on_every_consumed_topic_are_parked_and_the_pipeline_goes_on(
-    running_system: e2e.RunningSystem,
+    running_system: RunningSystem,
 ) -> None:
     bootstrap = running_system.bootstrap_servers
     run = uuid.uuid4().hex[:10]

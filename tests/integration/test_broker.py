@@ -1,19 +1,16 @@
 """The embedded Kafka broker works with the clients the services use.
 
-Real broker, real clients: kafka-python (producers, admin, plain consumers) and aiokafka
-(the consumer library under faust-streaming).
+Real broker, real clients: kafka-python producers, admin and consumers, as the services use them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from kafka import (
     KafkaAdminClient,
     KafkaConsumer,
@@ -146,43 +143,6 @@ def test_restart_on_same_data_dir_keeps_topics_records_and_offsets(
         finally:
             consumer.close()
     assert not second.running
-
-
-def test_aiokafka_consumer_group_reads_records(kafka_broker: EmbeddedKafka) -> None:
-    """faust-streaming consumes through aiokafka with a consumer group; check that path."""
-    topic = _topic("faust-compatible")
-    kafka_broker.create_topics([(topic, 3)])
-    values = [f"event-{i:02d}".encode() for i in range(30)]
-    keys = [b"alpha", b"bravo", b"charlie"]
-    for key in keys:
-        _produce(kafka_broker.bootstrap_servers, topic, values, key=key)
-
-    async def consume(expected: int) -> list[tuple[bytes, bytes]]:
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=kafka_broker.bootstrap_servers,
-            group_id=_topic("aiokafka-group"),
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        received: list[tuple[bytes, bytes]] = []
-        try:
-            async with asyncio.timeout(DEADLINE_S):
-                while len(received) < expected:
-                    batches = await consumer.getmany(timeout_ms=500)
-                    for messages in batches.values():
-                        received.extend((message.key, message.value) for message in messages)
-            await consumer.commit()
-        finally:
-            await consumer.stop()
-        return received
-
-    received = asyncio.run(consume(len(values) * len(keys)))
-
-    assert len(received) == len(values) * len(keys)
-    for key in keys:  # per-key (= per-partition) order is preserved
-        assert [value for k, value in received if k == key] == values
 
 
 def test_constructor_rejects_equal_ports(tmp_path: Path) -> None:

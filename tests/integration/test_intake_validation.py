@@ -29,7 +29,7 @@ from ctroute.referral.v1 import referral_pb2 as R
 from plumbing import topics
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import IntakeServer
+    from tests.integration.intake import IntakeServer
 
 pytestmark = pytest.mark.broker
 

@@ -1,25 +1,46 @@
-"""The router as a faust-streaming agent: `python -m referral router`.
+"""The router's consume loop: `python -m referral router`.
 
-faust owns consumption, partition assignment and offset commits; the agent hands each record to
-the ReferralRouter and waits until Kafka has acknowledged every record it produced before taking
-the next one, so an offset is only committed after its outputs are safe (at least once; the
-stable delivery ids make a replay recognisable). faust's exactly_once mode is not used: it has
-open duplicate bugs, and idempotent outputs make it unnecessary.
+A kafka-python consumer in the `referral-router` group reads the submitted topic; each batch goes
+through the ReferralRouter, then, in this order:
+
+1. every record the batch produced (deliveries, lifecycle events, dead letters) is sent and
+   acknowledged by Kafka (acks=all);
+2. what the router learned (routed revisions, referral states, the correlation index) is written
+   to its changelog topics and acknowledged;
+3. the batch's offsets are committed.
+
+A crash anywhere replays the batch from the last commit: revisions remembered in step 2 are
+skipped, the others are routed again with the same delivery ids (partners recognise the copy).
+Nothing fetched is ever committed unprocessed, and the memory never claims work whose output was
+lost. The router's memory is restored from its changelogs on every partition assignment, before a
+record of the partition is processed (see ``plumbing.changelog``).
+
+faust-streaming ran this loop before; under load, a faust worker taking over a crashed
+instance's partitions committed offsets past records it had never routed (faust-streaming
+issues #216, #221, #606), which the chaos tests caught. This loop is small enough to prove.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable
 from typing import Any
 
-import faust
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.producer.future import FutureRecordMetadata
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from plumbing import config, topics
-from plumbing.runtime import configure_logging
+from plumbing.changelog import ChangelogReader, GlobalTable, PartitionedTable
+from plumbing.kafka import (
+    EventPublisher,
+    commit_riding_out_outages,
+    poll_riding_out_outages,
+    security_settings,
+)
+from plumbing.runtime import configure_logging, stop_on_signals
 from plumbing.telemetry import configure_tracing, extract_trace_context, shutdown_tracing
 from referral.adapters.referral_state import decode_state, encode_state
 from referral.domain.deadlines import parse_deadlines
@@ -28,189 +49,240 @@ from referral.domain.policy import default_policy_path, load_policy
 from referral.router import Correlated, RawRecord, ReferralRouter
 
 SERVICE_NAME = "referral-router"
+ROUTED_REVISIONS, CORRELATION_INDEX, REFERRAL_STATE = topics.ROUTER_STATE
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("ctroute.referral.router")
 
 
-def _header_list(
-    headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None,
-) -> list[tuple[str, bytes]]:
-    if headers is None:
-        return []
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    return list(headers)
-
-
 class TableRoutedRevisions:
-    """RoutedRevisions over a faust table: referral id -> revisions, newline-separated."""
+    """RoutedRevisions over a table: referral id -> revisions, newline-separated."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: PartitionedTable) -> None:
         self._table = table
 
     def seen(self, referral_id: str, revision: str) -> bool:
-        known: bytes | None = self._table.get(referral_id.encode())
+        known = self._table.get(referral_id.encode())
         return known is not None and revision.encode() in known.split(b"\n")
 
     def remember(self, referral_id: str, revision: str) -> None:
         key = referral_id.encode()
-        known: bytes | None = self._table.get(key)
+        known = self._table.get(key)
         self._table[key] = revision.encode() if known is None else known + b"\n" + revision.encode()
 
 
 class TableReferralStates:
-    """ReferralStates over a faust table: referral id -> the router's record of it (JSON)."""
+    """ReferralStates over a table: referral id -> the router's record of it (JSON)."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: PartitionedTable) -> None:
         self._table = table
 
     def get(self, referral_id: str) -> ReferralState | None:
-        known: bytes | None = self._table.get(referral_id.encode())
+        known = self._table.get(referral_id.encode())
         return decode_state(known) if known is not None else None
 
     def put(self, referral_id: str, state: ReferralState) -> None:
         self._table[referral_id.encode()] = encode_state(state)
 
 
-class TableCorrelationIndex:
-    """CorrelationIndex over a faust global table (every router instance holds all of it)."""
+def merge_correlation(key: bytes, held: bytes | None, written: bytes) -> bytes:
+    """Union of two values of the correlation index: both only ever grow.
 
-    def __init__(self, table: Any) -> None:
+    ``fp:<fingerprint>`` holds newline-separated referral ids, ``rcp:<referral id>`` its
+    comma-separated recipients. Merging (instead of replacing) makes an old value read back after
+    a newer one, or two instances learning about one fingerprint at once, lose nothing.
+    """
+    separator = b"," if key.startswith(b"rcp:") else b"\n"
+    members = set(written.split(separator))
+    if held:
+        members.update(held.split(separator))
+    members.discard(b"")
+    return separator.join(sorted(members))
+
+
+class TableCorrelationIndex:
+    """CorrelationIndex over a global table (every router instance holds all of it)."""
+
+    def __init__(self, table: GlobalTable) -> None:
         self._table = table
 
     def referrals_sharing(self, fingerprints: frozenset[str]) -> set[str]:
         found: set[str] = set()
         for fingerprint in fingerprints:
-            known: bytes | None = self._table.get(f"fp:{fingerprint}".encode())
+            known = self._table.get(f"fp:{fingerprint}".encode())
             if known:
                 found.update(known.decode().split("\n"))
         return found
 
     def recipients_of(self, referral_id: str) -> frozenset[str]:
-        known: bytes | None = self._table.get(f"rcp:{referral_id}".encode())
+        known = self._table.get(f"rcp:{referral_id}".encode())
         return frozenset(known.decode().split(",")) if known else frozenset()
 
     def learn(self, correlated: Correlated) -> None:
         for fingerprint in correlated.fingerprints:
             key = f"fp:{fingerprint}".encode()
-            known: bytes | None = self._table.get(key)
-            ids = set(known.decode().split("\n")) if known else set()
-            if correlated.referral_id not in ids:
-                ids.add(correlated.referral_id)
-                self._table[key] = "\n".join(sorted(ids)).encode()
+            known = self._table.get(key)
+            if known is None or correlated.referral_id.encode() not in known.split(b"\n"):
+                self._table[key] = correlated.referral_id.encode()
         self._table[f"rcp:{correlated.referral_id}".encode()] = ",".join(
             sorted(correlated.recipients)
         ).encode()
 
 
-def build_app(bootstrap_servers: str, router: ReferralRouter) -> faust.App:
-    """The faust app with the routing agent on the submitted topic."""
-    app = faust.App(
-        router.group_id,
-        broker=",".join(f"kafka://{server}" for server in bootstrap_servers.split(",")),
-        key_serializer="raw",
-        value_serializer="raw",
-        producer_acks=-1,
-        consumer_auto_offset_reset="earliest",
-        topic_disable_leader=True,
-        topic_partitions=topics.PARTITIONS,
-        web_enabled=False,
-        store="memory://",
-        broker_commit_interval=0.5,
-        # A crashed instance's partitions move to a live one after this long without heartbeats.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-    )
-    submitted = app.topic(topics.SUBMITTED, key_type=bytes, value_type=bytes)
-    # Referral id -> revisions already routed. Backed by a changelog topic that faust creates
-    # (referral-router-routed-revisions-changelog) and partitioned like the submitted topic, so a
-    # replayed record finds its revision after a crash or on the instance it moved to.
-    routed_table = app.Table(
-        "routed-revisions",
-        partitions=topics.PARTITIONS,
-        key_type=bytes,
-        value_type=bytes,
-    )
-    routed = TableRoutedRevisions(routed_table)
-    # Referral id -> what the router remembers of it: the source's latest content, the consent
-    # changes recorded after submission, and what each partner holds. Partitioned like the
-    # submitted topic, where every event of a referral (amendment, withdrawal, consent, re-route)
-    # is keyed by its id, so the record is on the instance that handles the referral's events.
-    # Its changelog (referral-router-referral-state-changelog) holds the referral's content, as
-    # the submitted topic does, and is compacted: only the latest record per referral is kept.
-    states_table = app.Table(
-        "referral-state",
-        partitions=topics.PARTITIONS,
-        key_type=bytes,
-        value_type=bytes,
-    )
-    states = TableReferralStates(states_table)
-    # Fingerprint -> referral ids and referral id -> recipients, for correlation. A global table:
-    # a referral on any partition must see referrals that arrived on every other partition.
-    correlation_table = app.GlobalTable(
-        "correlation-index",
-        partitions=topics.PARTITIONS,
-        key_type=bytes,
-        value_type=bytes,
-    )
-    index = TableCorrelationIndex(correlation_table)
-    outputs: dict[str, Any] = {}
+class PublishFailed(Exception):
+    """Kafka did not take a record; the batch must not be committed (the process exits and is
+    restarted, and the batch is replayed)."""
 
-    def output_topic(name: str) -> Any:
-        if name not in outputs:
-            outputs[name] = app.topic(name, key_type=bytes, value_type=bytes)
-        return outputs[name]
 
-    async def route_referrals(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            headers = _header_list(message.headers)
-            record = RawRecord(
-                message.topic, message.partition, message.offset, message.key, event.value, headers
+class RestoreOnAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Keeps the router's memory to the partitions it holds, restored before their records."""
+
+    def __init__(self, tables: list[PartitionedTable], reader: ChangelogReader) -> None:
+        self._tables = tables
+        self._reader = reader
+
+    def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        # Offsets are committed after every batch, before the next poll (where a rebalance
+        # happens), so there is nothing to finish here.
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+        mine = {tp.partition for tp in assigned if tp.topic == topics.SUBMITTED}
+        for table in self._tables:
+            for partition in table.held_partitions() - mine:
+                table.forget(partition)
+        restored = self._reader.restore(self._tables, mine)
+        log.info("partitions assigned: %s; %d changelog records read", sorted(mine), restored)
+
+
+class RouterWorker:
+    """The consume loop around a ReferralRouter (see the module docstring for its guarantees)."""
+
+    def __init__(self, bootstrap_servers: str, router: ReferralRouter) -> None:
+        self.router = router
+        self.routed_table = PartitionedTable(ROUTED_REVISIONS)
+        self.state_table = PartitionedTable(REFERRAL_STATE)
+        self.correlation_table = GlobalTable(CORRELATION_INDEX, merge_correlation)
+        self.routed = TableRoutedRevisions(self.routed_table)
+        self.states = TableReferralStates(self.state_table)
+        self.index = TableCorrelationIndex(self.correlation_table)
+        self._publisher = EventPublisher(bootstrap_servers, source=SERVICE_NAME)
+        self._restorer = ChangelogReader(self._reader_consumer(bootstrap_servers, "restore"))
+        self._follower = ChangelogReader(self._reader_consumer(bootstrap_servers, "correlation"))
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=router.group_id,
+            # One client id per process: an operator (and the test harness) can tell a
+            # restarted router from the member it replaced.
+            client_id=f"{router.group_id}-{config.instance_id()}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=500,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            **security_settings(),
+        )
+
+    @staticmethod
+    def _reader_consumer(bootstrap_servers: str, purpose: str) -> KafkaConsumer:
+        return KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=f"{SERVICE_NAME}-{purpose}-{config.instance_id()}",
+            group_id=None,
+            enable_auto_commit=False,
+            **security_settings(),
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Route until `stop` is set; the batch in hand is finished and committed first."""
+        try:
+            self._follower.follow(self.correlation_table)
+            learned = self._follower.restore_global(self.correlation_table)
+            log.info("correlation index restored: %d changelog records read", learned)
+            self._consumer.subscribe(
+                topics=[topics.SUBMITTED],
+                listener=RestoreOnAssignment([self.routed_table, self.state_table], self._restorer),
             )
-            with tracer.start_as_current_span(
-                f"{topics.SUBMITTED} process",
-                context=extract_trace_context(headers),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": message.topic,
-                    "messaging.kafka.destination.partition": message.partition,
-                    "messaging.kafka.message.offset": message.offset,
-                    "messaging.consumer.group.name": router.group_id,
-                },
-            ):
-                output = router.handle(record, routed, index, states)
-            pending = [
-                await output_topic(out.topic).send(
-                    key=out.key.encode(), value=out.value, headers=out.headers, force=True
-                )
-                for out in output.records
-            ]
-            await asyncio.gather(*pending)
-            if output.correlated is not None:
-                index.learn(output.correlated)
-            if output.state is not None:
-                states.put(*output.state)
-            if output.routed is not None:
-                routed.remember(*output.routed)
-            if output.state is not None or output.routed is not None:
-                # Table writes reach their changelogs through faust's send-soon buffer. Waiting
-                # until Kafka has them before the next record means a crash loses at most the
-                # record in hand (replayed, and skipped or redone with the same ids), never an
-                # earlier one whose offset may already be committed: a referral's record lost
-                # that way would leave its later withdrawal or consent withdrawal with nobody to
-                # notify.
-                await app.producer.flush()
+            while not stop.is_set():
+                batches = poll_riding_out_outages(self._consumer, stop)
+                if not batches:
+                    continue
+                self._follower.catch_up(self.correlation_table)
+                self._route_batch([r for records in batches.values() for r in records])
+                commit_riding_out_outages(self._consumer, stop)
+        finally:
+            self._consumer.close(autocommit=False)
+            self._restorer.close()
+            self._follower.close()
+            self._publisher.close()
 
-    app.agent(submitted, name="route-referrals")(route_referrals)
-    return app
+    def _route_batch(self, records: list[Any]) -> None:
+        sent: list[FutureRecordMetadata] = []
+        for record in records:
+            self.routed_table.partition = record.partition
+            self.state_table.partition = record.partition
+            self.correlation_table.partition = record.partition
+            sent += self._route_one(record)
+        self._settle(sent)
+        writes = [
+            *self.correlation_table.take_writes(),
+            *self.state_table.take_writes(),
+            *self.routed_table.take_writes(),
+        ]
+        self._settle(
+            [
+                self._publisher.publish_raw(w.topic, w.key, w.value, [], partition=w.partition)
+                for w in writes
+            ]
+        )
+
+    def _route_one(self, record: Any) -> list[FutureRecordMetadata]:
+        headers = [(k, v) for k, v in (record.headers or []) if v is not None]
+        raw = RawRecord(
+            record.topic, record.partition, record.offset, record.key, record.value, headers
+        )
+        with tracer.start_as_current_span(
+            f"{record.topic} process",
+            context=extract_trace_context(headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": record.topic,
+                "messaging.kafka.destination.partition": record.partition,
+                "messaging.kafka.message.offset": record.offset,
+                "messaging.consumer.group.name": self.router.group_id,
+            },
+        ):
+            output = self.router.handle(raw, self.routed, self.index, self.states)
+        sent = [
+            self._publisher.publish_raw(out.topic, out.key.encode(), out.value, out.headers)
+            for out in output.records
+        ]
+        # Remembered now, so the batch's later records see it; made durable only once the
+        # records above are acknowledged (``_route_batch``).
+        if output.correlated is not None:
+            self.index.learn(output.correlated)
+        if output.state is not None:
+            self.states.put(*output.state)
+        if output.routed is not None:
+            self.routed.remember(*output.routed)
+        return sent
+
+    def _settle(self, sent: list[FutureRecordMetadata]) -> None:
+        """Wait until Kafka has acknowledged every record sent, or fail the batch."""
+        self._publisher.flush()
+        failed = [future for future in sent if future.failed()]
+        if failed:
+            raise PublishFailed(
+                f"{len(failed)} of {len(sent)} records not published: "
+                f"{type(failed[0].exception).__name__}"
+            )
 
 
 def main() -> None:
     configure_logging(SERVICE_NAME)
     provider = configure_tracing(SERVICE_NAME)
+    stop = stop_on_signals()
     policy = load_policy(config.policy_path() or default_policy_path())
     log.info("router starting with policy version %s", policy.version)
     router = ReferralRouter(
@@ -218,9 +290,7 @@ def main() -> None:
         correlation_key=config.correlation_key(),
         deadlines=parse_deadlines(config.acknowledgement_deadlines()),
     )
-    app = build_app(config.kafka_bootstrap_servers(), router)
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
     try:
-        worker.execute_from_commandline()
+        RouterWorker(config.kafka_bootstrap_servers(), router).run(stop)
     finally:
         shutdown_tracing(provider)

@@ -1,4 +1,5 @@
-"""The whole system as real processes against the session's real Kafka broker."""
+"""The whole system as real processes against the session's real Kafka broker: a session
+fixture, registered in tests/conftest.py so the e2e and fuzz tests share one."""
 
 from __future__ import annotations
 

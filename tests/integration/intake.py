@@ -1,4 +1,5 @@
-"""Fixtures for integration tests that run real services against the session's Kafka broker."""
+"""The real gRPC intake on the session's Kafka broker: a session fixture, registered in
+tests/conftest.py so the integration and fuzz tests share one."""
 
 from __future__ import annotations
 
