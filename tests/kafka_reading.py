@@ -37,7 +37,9 @@ def read_until(
     timeout: float = 30,
 ) -> list[LandedRecord]:
     """Read the topics from the beginning until `want(kept records)` holds; fail at the deadline."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, isolation_level="read_committed"
+    )
     try:
         partitions = [
             TopicPartition(topic, p)
@@ -76,7 +78,9 @@ def read_until(
 
 def end_offsets(bootstrap_servers: str, topic: str) -> int:
     """The total number of records ever written to a topic (sum of partition end offsets)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, isolation_level="read_committed"
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return sum(consumer.end_offsets(partitions).values())
@@ -92,7 +96,9 @@ def read_all(
     timeout: float = 30,
 ) -> list[LandedRecord]:
     """Every record written to the topics up to now (their end offsets at the call)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, isolation_level="read_committed"
+    )
     try:
         partitions = [
             TopicPartition(topic, p)

@@ -16,7 +16,7 @@ from ctroute.partner.v1 import delivery_pb2
 from ctroute.referral.v1 import lifecycle_pb2
 from plumbing import topics
 from plumbing.envelope import EnvelopeError, decode_event
-from plumbing.kafka import security_settings
+from plumbing.kafka import consumer_settings
 
 
 def _priority(value: lifecycle_pb2.Priority.ValueType) -> str:
@@ -98,7 +98,7 @@ def follow(
             bootstrap_servers=bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
-            **security_settings(),
+            **consumer_settings(),
         )
         followed = [
             name

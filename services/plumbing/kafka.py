@@ -56,6 +56,13 @@ def security_settings() -> dict[str, Any]:
     return {}
 
 
+def consumer_settings() -> dict[str, Any]:
+    """kafka-python settings every consumer of this system uses: the broker's security, and
+    committed records only (the router publishes in transactions: a batch it aborted, after a
+    crash or a broker outage, must never reach anyone)."""
+    return {"isolation_level": "read_committed", **security_settings()}
+
+
 class EventPublisher:
     """Publishes contract events: protobuf value, referral id key, CloudEvents headers."""
 
@@ -235,7 +242,7 @@ class EventConsumer:
             # (kafka-python's default is 45 s of silence on those partitions).
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
-            **security_settings(),
+            **consumer_settings(),
         )
         if topic_pattern:
             self._consumer.subscribe(pattern=topic_pattern)

@@ -29,7 +29,7 @@ from kafka.errors import KafkaError
 from ctroute.operations.v1 import dead_letter_pb2
 from plumbing import config, topics
 from plumbing.envelope import EnvelopeError, Headers, decode_event, header_value
-from plumbing.kafka import REDRIVEN_ATTEMPTS_HEADER, EventPublisher, security_settings
+from plumbing.kafka import REDRIVEN_ATTEMPTS_HEADER, EventPublisher, consumer_settings
 
 SOURCE = "refctl"
 DLQ_HEADER_PREFIX = "dlq_"
@@ -253,7 +253,7 @@ def _consumer(bootstrap_servers: str) -> Any:
         bootstrap_servers=bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
-        **security_settings(),
+        **consumer_settings(),
     )
 
 

@@ -242,7 +242,7 @@ def read_submitted_topic(
     from kafka.errors import KafkaError
 
     from plumbing.envelope import EnvelopeError, decode_event
-    from plumbing.kafka import security_settings
+    from plumbing.kafka import consumer_settings
 
     topic = topics.SUBMITTED
     unreachable = (
@@ -256,7 +256,7 @@ def read_submitted_topic(
             enable_auto_commit=False,
             max_poll_records=2000,
             bootstrap_timeout_ms=KAFKA_CONNECT_TIMEOUT_MS,
-            **security_settings(),
+            **consumer_settings(),
         )
     except KafkaError as error:
         raise CommandError(f"{unreachable} ({type(error).__name__})") from error

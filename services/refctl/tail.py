@@ -13,7 +13,7 @@ from ctroute.partner.v1 import delivery_pb2
 from ctroute.referral.v1 import lifecycle_pb2
 from plumbing import topics
 from plumbing.envelope import EnvelopeError, decode_event
-from plumbing.kafka import security_settings
+from plumbing.kafka import consumer_settings
 
 
 def describe(delivery: delivery_pb2.PartnerDelivery) -> str:
@@ -46,7 +46,7 @@ def tail_partner(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
         group_id=None,
-        **security_settings(),
+        **consumer_settings(),
     )
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:

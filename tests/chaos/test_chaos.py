@@ -7,10 +7,10 @@ restarts the broker on the same data, kills enforcement, runs a second router in
 rebalances, and takes victim services offline for a long while. Afterwards it checks, from what
 actually landed on the broker and what the partners stored:
 
-* every accepted referral reached every expected partner exactly once as the partner sees it
-  (one distinct delivery id per referral, partner and revision; the partners store work items
-  and cases by delivery id), nothing else was delivered, and nothing on the delivery path
-  (router, enforcement, victim services) was dead-lettered;
+* every accepted referral reached every expected partner exactly once: one delivery record per
+  referral, partner and revision on the partner's inbox (read committed), one work item or case
+  per delivery id in the partner's store; nothing else was delivered, and nothing on the delivery
+  path (router, enforcement, victim services) was dead-lettered;
 * every delivery was acknowledged on the partner's status topic and every consumer group
   committed up to the end of its topics (nothing is stuck);
 * per referral and partner the inbox order held: the original before its amendments, and
@@ -844,6 +844,13 @@ def account(chaos: Chaos) -> Accounting:
         kind_of[event.delivery_id] = event.kind
         pair_of[event.delivery_id] = pair
         by_topic_key[(record.topic, record.key)].append(event)
+
+    # Not even a second copy on the wire: the router publishes each batch in a transaction,
+    # so a batch it routes again after a crash replaces the aborted one for every reader of
+    # committed records.
+    for delivery_id, count in copies.items():
+        if count > 1:
+            result.problem("delivery record landed more than once", f"{delivery_id}: {count}")
 
     # Exactly once as the partner sees it: one distinct delivery id per revision. A retried
     # amendment the intake refused may still have landed (an amendment's revision is its event

@@ -11,6 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from devstack.broker import EmbeddedKafka
 from plumbing.changelog import ChangelogReader, ChangelogWrite, GlobalTable, PartitionedTable
+from plumbing.kafka import consumer_settings
 from referral.entrypoints.router_app import merge_correlation
 
 pytestmark = pytest.mark.broker
@@ -20,7 +21,7 @@ DEADLINE_S = 30.0
 
 def _reader(bootstrap: str) -> ChangelogReader:
     return ChangelogReader(
-        KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False),
+        KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **consumer_settings()),
         timeout_s=DEADLINE_S,
     )
 
@@ -101,5 +102,37 @@ def test_the_global_table_is_restored_whole_and_follows_new_writes(
         while follower.get(b"fp:phone") != b"ref-1\nref-2\nref-3\nref-4":
             assert time.monotonic() < deadline, "the new write never reached the follower"
             reader.catch_up(follower, wait_ms=200)
+    finally:
+        reader.close()
+
+
+def test_only_committed_writes_are_restored(kafka_broker: EmbeddedKafka) -> None:
+    """The router writes its memory in the batch's transaction: an aborted batch's memory must
+    never come back, or a revision whose deliveries were aborted would count as routed."""
+    bootstrap = kafka_broker.bootstrap_servers
+    topic = _changelog(kafka_broker)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=f"test-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        producer.init_transactions()
+        for value, commit in [(b"original", True), (b"aborted-batch", False)]:
+            producer.begin_transaction()
+            producer.send(topic, key=b"ref-a", value=value, partition=1)
+            producer.flush()
+            if commit:
+                producer.commit_transaction()
+            else:
+                producer.abort_transaction()
+    finally:
+        producer.close()
+
+    table = PartitionedTable(topic)
+    reader = _reader(bootstrap)
+    try:
+        assert reader.restore([table], {1}) == 1
+        assert table.get(b"ref-a") == b"original"
+        # Read past the transaction markers to the end: nothing is left to wait for.
+        assert reader.restore([table], {1}) == 0
     finally:
         reader.close()

@@ -1,19 +1,22 @@
 """The router's consume loop: `python -m referral router`.
 
 A kafka-python consumer in the `referral-router` group reads the submitted topic; each batch goes
-through the ReferralRouter, then, in this order:
+through the ReferralRouter inside one Kafka transaction that holds everything the batch leads to:
+the deliveries, lifecycle events and dead letters it produced, what the router learned (routed
+revisions, referral states, the correlation index, written to its changelog topics) and the
+batch's consumer offsets. The transaction commits all of it or none of it:
 
-1. every record the batch produced (deliveries, lifecycle events, dead letters) is sent and
-   acknowledged by Kafka (acks=all);
-2. what the router learned (routed revisions, referral states, the correlation index) is written
-   to its changelog topics and acknowledged;
-3. the batch's offsets are committed.
+* a crash, a broker outage or a rebalance in the middle aborts the batch: no partner reading
+  committed records (every consumer of this system does) sees any of it, the offsets stay where
+  they were, and the batch is routed again, by this instance after it rewinds or by the one that
+  took its partitions over. Nothing is lost and no delivery is made twice;
+* a router instance that lost its partitions but does not know it yet cannot commit: its
+  transaction carries its group generation, which the broker checks (KIP-447).
 
-A crash anywhere replays the batch from the last commit: revisions remembered in step 2 are
-skipped, the others are routed again with the same delivery ids (partners recognise the copy).
-Nothing fetched is ever committed unprocessed, and the memory never claims work whose output was
-lost. The router's memory is restored from its changelogs on every partition assignment, before a
-record of the partition is processed (see ``plumbing.changelog``).
+The router's memory is restored from its changelogs, reading committed records only, on every
+partition assignment and after an aborted batch, before a record of the partition is processed
+(see ``plumbing.changelog``); the routed revisions remembered there are the second line of
+defence: a record routed and committed is skipped if it is ever read again.
 
 faust-streaming ran this loop before; under load, a faust worker taking over a crashed
 instance's partitions committed offsets past records it had never routed (faust-streaming
@@ -27,19 +30,21 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaConsumer,
+    KafkaProducer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
+from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from plumbing import config, topics
 from plumbing.changelog import ChangelogReader, GlobalTable, PartitionedTable
-from plumbing.kafka import (
-    EventPublisher,
-    commit_riding_out_outages,
-    poll_riding_out_outages,
-    security_settings,
-)
+from plumbing.kafka import consumer_settings, poll_riding_out_outages, security_settings
 from plumbing.runtime import configure_logging, stop_on_signals
 from plumbing.telemetry import configure_tracing, extract_trace_context, shutdown_tracing
 from referral.adapters.referral_state import decode_state, encode_state
@@ -50,6 +55,9 @@ from referral.router import Correlated, RawRecord, ReferralRouter
 
 SERVICE_NAME = "referral-router"
 ROUTED_REVISIONS, CORRELATION_INDEX, REFERRAL_STATE = topics.ROUTER_STATE
+TRANSACTION_TIMEOUT_MS = 15_000
+"""How long the broker keeps a crashed instance's open transaction before aborting it. Partners
+read committed records only, so until then that batch's partitions wait: keep it short."""
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("ctroute.referral.router")
 
@@ -129,8 +137,7 @@ class TableCorrelationIndex:
 
 
 class PublishFailed(Exception):
-    """Kafka did not take a record; the batch must not be committed (the process exits and is
-    restarted, and the batch is replayed)."""
+    """Kafka did not take a record of the batch; the transaction must not commit."""
 
 
 class RestoreOnAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -159,15 +166,15 @@ class RouterWorker:
 
     def __init__(self, bootstrap_servers: str, router: ReferralRouter) -> None:
         self.router = router
+        self._bootstrap_servers = bootstrap_servers
         self.routed_table = PartitionedTable(ROUTED_REVISIONS)
         self.state_table = PartitionedTable(REFERRAL_STATE)
         self.correlation_table = GlobalTable(CORRELATION_INDEX, merge_correlation)
         self.routed = TableRoutedRevisions(self.routed_table)
         self.states = TableReferralStates(self.state_table)
         self.index = TableCorrelationIndex(self.correlation_table)
-        self._publisher = EventPublisher(bootstrap_servers, source=SERVICE_NAME)
-        self._restorer = ChangelogReader(self._reader_consumer(bootstrap_servers, "restore"))
-        self._follower = ChangelogReader(self._reader_consumer(bootstrap_servers, "correlation"))
+        self._restorer = ChangelogReader(self._reader_consumer("restore"))
+        self._follower = ChangelogReader(self._reader_consumer("correlation"))
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=router.group_id,
@@ -179,18 +186,34 @@ class RouterWorker:
             max_poll_records=500,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
-            **security_settings(),
+            **consumer_settings(),
         )
+        self._producer = self._transactional_producer()
 
-    @staticmethod
-    def _reader_consumer(bootstrap_servers: str, purpose: str) -> KafkaConsumer:
+    def _reader_consumer(self, purpose: str) -> KafkaConsumer:
         return KafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
+            bootstrap_servers=self._bootstrap_servers,
             client_id=f"{SERVICE_NAME}-{purpose}-{config.instance_id()}",
             group_id=None,
             enable_auto_commit=False,
+            **consumer_settings(),
+        )
+
+    def _transactional_producer(self) -> KafkaProducer:
+        """A producer whose transactional id is this instance's: starting it aborts whatever
+        transaction an earlier producer of the same instance left open."""
+        producer = KafkaProducer(
+            bootstrap_servers=self._bootstrap_servers,
+            client_id=f"{SERVICE_NAME}-{config.instance_id()}",
+            transactional_id=f"{self.router.group_id}-{config.instance_id()}",
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
             **security_settings(),
         )
+        producer.init_transactions()
+        return producer
 
     def run(self, stop: threading.Event) -> None:
         """Route until `stop` is set; the batch in hand is finished and committed first."""
@@ -207,33 +230,54 @@ class RouterWorker:
                 if not batches:
                     continue
                 self._follower.catch_up(self.correlation_table)
-                self._route_batch([r for records in batches.values() for r in records])
-                commit_riding_out_outages(self._consumer, stop)
+                records = [record for batch in batches.values() for record in batch]
+                try:
+                    self._route_in_transaction(records)
+                except (KafkaError, PublishFailed) as error:
+                    log.warning(
+                        "batch of %d records aborted (%s); routing it again",
+                        len(records),
+                        type(error).__name__,
+                    )
+                    self._rewind(stop)
         finally:
             self._consumer.close(autocommit=False)
             self._restorer.close()
             self._follower.close()
-            self._publisher.close()
+            self._producer.close()
 
-    def _route_batch(self, records: list[Any]) -> None:
+    def _route_in_transaction(self, records: list[Any]) -> None:
+        self._producer.begin_transaction()
         sent: list[FutureRecordMetadata] = []
+        next_offsets: dict[TopicPartition, int] = {}
         for record in records:
             self.routed_table.partition = record.partition
             self.state_table.partition = record.partition
             self.correlation_table.partition = record.partition
             sent += self._route_one(record)
-        self._settle(sent)
-        writes = [
+            next_offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        for write in [
             *self.correlation_table.take_writes(),
             *self.state_table.take_writes(),
             *self.routed_table.take_writes(),
-        ]
-        self._settle(
-            [
-                self._publisher.publish_raw(w.topic, w.key, w.value, [], partition=w.partition)
-                for w in writes
-            ]
+        ]:
+            sent.append(
+                self._producer.send(
+                    write.topic, key=write.key, value=write.value, partition=write.partition
+                )
+            )
+        self._producer.flush()
+        failed = [future for future in sent if future.failed()]
+        if failed:
+            raise PublishFailed(
+                f"{len(failed)} of {len(sent)} records not published: "
+                f"{type(failed[0].exception).__name__}"
+            )
+        self._producer.send_offsets_to_transaction(
+            {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in next_offsets.items()},
+            self._consumer.group_metadata(),
         )
+        self._producer.commit_transaction()
 
     def _route_one(self, record: Any) -> list[FutureRecordMetadata]:
         headers = [(k, v) for k, v in (record.headers or []) if v is not None]
@@ -255,11 +299,12 @@ class RouterWorker:
         ):
             output = self.router.handle(raw, self.routed, self.index, self.states)
         sent = [
-            self._publisher.publish_raw(out.topic, out.key.encode(), out.value, out.headers)
+            self._producer.send(
+                out.topic, key=out.key.encode(), value=out.value, headers=out.headers
+            )
             for out in output.records
         ]
-        # Remembered now, so the batch's later records see it; made durable only once the
-        # records above are acknowledged (``_route_batch``).
+        # Remembered now, so the batch's later records see it; durable when the batch commits.
         if output.correlated is not None:
             self.index.learn(output.correlated)
         if output.state is not None:
@@ -268,15 +313,47 @@ class RouterWorker:
             self.routed.remember(*output.routed)
         return sent
 
-    def _settle(self, sent: list[FutureRecordMetadata]) -> None:
-        """Wait until Kafka has acknowledged every record sent, or fail the batch."""
-        self._publisher.flush()
-        failed = [future for future in sent if future.failed()]
-        if failed:
-            raise PublishFailed(
-                f"{len(failed)} of {len(sent)} records not published: "
-                f"{type(failed[0].exception).__name__}"
-            )
+    def _rewind(self, stop: threading.Event) -> None:
+        """After an aborted batch: abort the transaction (or replace the producer, which aborts
+        it), drop the memory the batch changed, restore it from the committed changelog and
+        seek back to the committed offsets. Retried until it works: a broker outage is the
+        usual reason to be here."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self._abort()
+                for table in (self.routed_table, self.state_table):
+                    table.take_writes()
+                self.correlation_table.take_writes()
+                held = self._held_partitions()
+                for table in (self.routed_table, self.state_table):
+                    for partition in table.held_partitions():
+                        table.forget(partition)
+                self._restorer.restore([self.routed_table, self.state_table], held)
+                for tp in self._consumer.assignment():
+                    committed = self._consumer.committed(tp)
+                    if committed is None:
+                        self._consumer.seek_to_beginning(tp)
+                    else:
+                        self._consumer.seek(tp, committed)
+                return
+            except (KafkaError, TimeoutError) as error:
+                log.warning("rewind failed (%s); retrying", type(error).__name__)
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _abort(self) -> None:
+        try:
+            self._producer.abort_transaction()
+        except KafkaError as error:
+            # Fenced or in a fatal state: a new producer with the same transactional id aborts
+            # the open transaction when it starts.
+            log.warning("abort failed (%s); replacing the producer", type(error).__name__)
+            self._producer.close(timeout=0)
+            self._producer = self._transactional_producer()
+
+    def _held_partitions(self) -> set[int]:
+        return {tp.partition for tp in self._consumer.assignment() if tp.topic == topics.SUBMITTED}
 
 
 def main() -> None:

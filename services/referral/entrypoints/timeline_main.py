@@ -48,7 +48,7 @@ from plumbing import clock as service_clock
 from plumbing import config, topics
 from plumbing.envelope import Envelope, EnvelopeError, decode_event
 from plumbing.grpc_server import TracingInterceptor, abort_invalid, start_grpc_server
-from plumbing.kafka import ConsumedEvent, EventConsumer, EventPublisher, security_settings
+from plumbing.kafka import ConsumedEvent, EventConsumer, EventPublisher, consumer_settings
 from plumbing.runtime import configure_logging, stop_on_signals
 from plumbing.sensitivity import class_value, sensitivity_of
 from plumbing.telemetry import configure_tracing, shutdown_tracing, trace_id_of_headers
@@ -385,7 +385,7 @@ def rebuild(
         group_id=None,
         enable_auto_commit=False,
         client_id=f"{SERVICE_NAME}-rebuild",
-        **security_settings(),
+        **consumer_settings(),
     )
     pattern = re.compile(TOPIC_PATTERN)
     read = 0
