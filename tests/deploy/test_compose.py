@@ -186,7 +186,11 @@ def test_the_demo_feeds_the_demo_referrals_through_the_intake(
     command = python_module(demo["command"])
     assert command[:2] == ["devstack.containers", "demo"]
     demo_dir = command[command.index("--demo-dir") + 1]
-    assert list((ROOT / demo_dir).glob("*.json"))
+    instructions = dockerfile_instructions()
+    assert ("WORKDIR", "/app") in instructions
+    assert ("COPY", "deploy/demo ./deploy/demo") in instructions
+    assert demo_dir == "/app/deploy/demo"
+    assert list((ROOT / "deploy/demo").glob("*.json"))
     address = demo["environment"]["REFERRAL_GRPC_ADDR"]
     assert address == f"intake:{default_port('REFERRAL_GRPC_ADDR', monkeypatch)}"
 
@@ -258,6 +262,18 @@ def test_the_image_sets_only_variables_the_code_or_python_reads() -> None:
     ours = [name for name in names if not name.startswith(("PYTHON", "PIP_"))]
     assert ours
     assert set(ours) <= variables_read_by_code()
+
+
+def test_processes_start_in_a_writable_folder() -> None:
+    # faust creates `<app id>-data` in the working directory; the code's files are root's.
+    workdirs = [rest for keyword, rest in dockerfile_instructions() if keyword == "WORKDIR"]
+    assert workdirs[-1] == "/var/lib/ctroute"
+    env = dict(
+        re.findall(
+            r"([A-Z_]+)=(\S+)", " ".join(r for k, r in dockerfile_instructions() if k == "ENV")
+        )
+    )
+    assert env["CTROUTE_DATA_DIR"].startswith(workdirs[-1] + "/")
 
 
 def test_the_build_context_leaves_out_local_state() -> None:

@@ -118,6 +118,17 @@ def test_containers_have_probes_and_resources() -> None:
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
 
 
+def test_services_run_in_a_writable_state_folder() -> None:
+    # The image's working directory and data folder; faust creates `<app id>-data` there.
+    for name, deployment in DEPLOYMENTS.items():
+        if name == "refctl":
+            continue
+        (container,) = containers(deployment)
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert "/var/lib/ctroute" in mounts, name
+
+
 def test_grpc_servers_are_probed_on_their_grpc_health_service() -> None:
     servers = 0
     for name, deployment in DEPLOYMENTS.items():
