@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help prerequisites setup run test lint typecheck generate check-generated clean kafka-jars bench fuzz chaos
+.PHONY: help prerequisites setup run test lint typecheck generate check-generated clean kafka-jars bench fuzz chaos manifests
 
 help:
 	@echo "make run       start Kafka, every service and a demo feed (Ctrl-C stops everything)"
@@ -17,6 +17,7 @@ help:
 	@echo "make fuzz      long coverage-guided fuzzing of the intake and every record consumer"
 	@echo "make chaos     only the chaos run: faults under load with exact accounting (part of make test)"
 	@echo "make generate  regenerate protobuf code after changing protos/"
+	@echo "make manifests regenerate deploy/k8s's Kafka topics and users (after a policy change)"
 	@echo "make clean     remove the virtual environment, local data and build output"
 
 prerequisites:
@@ -39,6 +40,9 @@ setup: $(STAMP) kafka-jars
 
 generate: $(STAMP)
 	@$(PY) -m devstack.codegen generate
+
+manifests: $(STAMP)
+	@$(PY) -m devstack.kafka_resources write
 
 check-generated: $(STAMP)
 	@$(PY) -m devstack.codegen check

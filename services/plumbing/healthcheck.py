@@ -1,0 +1,89 @@
+"""Health checks for containers: `python -m plumbing.healthcheck grpc HOST:PORT` or
+`python -m plumbing.healthcheck group GROUP`.
+
+Container images carry no grpc_health_probe binary, so compose health checks (and Kubernetes
+exec probes of the services without a gRPC server) use this module from the service's own image.
+Exit status 0 means healthy, 1 unhealthy; one line on stderr says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from plumbing import config
+from plumbing.kafka import security_settings
+
+
+def grpc_serving(address: str, timeout: float) -> str | None:
+    """None when the server at `address` reports SERVING for the whole server, else why not."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError as error:
+            return f"{address}: {error.code().name}"
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        return f"{address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+    return None
+
+
+def group_assigned(bootstrap_servers: str, group: str, timeout: float) -> str | None:
+    """None when consumer group `group` is stable with partitions assigned, else why not."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            request_timeout_ms=int(timeout * 1000),
+            **security_settings(),
+        )
+    except KafkaError as error:
+        return f"{bootstrap_servers}: {type(error).__name__}"
+    try:
+        description = admin.describe_groups([group]).get(group) or {}
+    except KafkaError as error:
+        return f"group {group}: {type(error).__name__}"
+    finally:
+        admin.close()
+    state = description.get("group_state")
+    if state != "Stable":
+        return f"group {group} is {state or 'unknown'}"
+    if not any(
+        (member.get("member_assignment") or {}).get("assigned_partitions")
+        for member in description.get("members", [])
+    ):
+        return f"group {group} has no partitions assigned"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m plumbing.healthcheck", description="Exit 0 when healthy, 1 when not."
+    )
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    checks = parser.add_subparsers(dest="check", required=True)
+    grpc_check = checks.add_parser("grpc", help="the gRPC health service answers SERVING")
+    grpc_check.add_argument("address", help="HOST:PORT of the gRPC server")
+    group_check = checks.add_parser(
+        "group", help="a consumer group is stable with partitions assigned"
+    )
+    group_check.add_argument("group", help="consumer group id, e.g. referral-router")
+    args = parser.parse_args(argv)
+    if args.check == "grpc":
+        problem = grpc_serving(args.address, args.timeout)
+    else:
+        problem = group_assigned(config.kafka_bootstrap_servers(), args.group, args.timeout)
+    if problem is not None:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
