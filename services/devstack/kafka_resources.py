@@ -86,17 +86,21 @@ def service_acls(partners: Sequence[str]) -> dict[str, list[Acl]]:
     return {
         # The gRPC intake publishes accepted referrals.
         "svc-intake": writes(topics.SUBMITTED),
-        # The faust router: its source topic, its tables' changelogs (faust declares them at
-        # start-up, hence Create, though they are created up front), every inbox, the lifecycle
-        # and dead letters.
+        # The router: its source topic, its changelogs (read to restore its memory, written in
+        # each batch's transaction), every inbox, the lifecycle and dead letters. Its
+        # transactional ids are `referral-router-<instance>`.
         "svc-router": [
             *reads(topics.SUBMITTED),
             group(consumer_group("referral-router")),
-            *[
-                acl("topic", name, "Read", "Write", "Describe", "Create")
-                for name in topics.ROUTER_STATE
-            ],
+            *[acl("topic", name, "Read", "Write", "Describe") for name in topics.ROUTER_STATE],
             *writes(*inboxes, topics.LIFECYCLE, topics.DEAD_LETTER),
+            acl(
+                "transactionalId",
+                f"{consumer_group('referral-router')}-",
+                "Write",
+                "Describe",
+                pattern="prefix",
+            ),
         ],
         # The lifecycle tracker reads decisions and partners' reports; it publishes status
         # changes and escalations, re-notifies late partners and the escalation desk
