@@ -474,7 +474,7 @@ class RouterHarness:
         self.router = ReferralRouter(policy or load_default_policy())
 
     def handle(self, record: RawRecord) -> RouterOutput:
-        # The faust agent extracts the trace context before handing the record to the router.
+        # The router's consume loop extracts the trace context before handing the record over.
         extract_trace_context(record.headers)
         return self.router.handle(record)
 
@@ -487,10 +487,10 @@ class RouterHarness:
             _require(output.routed is None and output.correlated is None, "dead and routed")
             (letter,) = dead
             _require_dead_letter(
-                SentRecord(letter.topic, letter.key.encode(), letter.value, letter.headers),
+                SentRecord(letter.topic, letter.key, letter.value, letter.headers),
                 record,
-                key=(record.key or b"").decode("utf-8", errors="replace").encode(),
-                value=record.value or b"",
+                key=record.key,
+                value=record.value,
                 errors=("undecodable record: ", "routing failed: "),
                 group_id=self.router.group_id,
                 max_attempts=1,
@@ -633,9 +633,11 @@ class PartnerHarness:
                 record,
                 key=record.key,
                 value=record.value,
-                errors=("undecodable record: ", "rejected: ", "handler failed: "),
+                # Bad input is rejected at the first attempt; "handler failed" (retried, then
+                # parked) is for failures that might pass on a retry, which input cannot cause.
+                errors=("undecodable record: ", "rejected: "),
                 group_id=desk.service,
-                max_attempts=plumbing_kafka.MAX_HANDLER_ATTEMPTS,
+                max_attempts=1,
             )
             return sent
         try:

@@ -73,9 +73,20 @@ def run_partner_desk(
         delivery = consumed.event
         if not isinstance(delivery, delivery_pb2.PartnerDelivery):
             raise RejectedEvent(f"expected a PartnerDelivery, got {consumed.envelope.event_type}")
-        if topics.inbox(delivery.partner) != consumed.topic:
+        try:
+            addressed_to = topics.inbox(delivery.partner)
+        except ValueError:
+            raise RejectedEvent("delivery with an invalid partner id") from None
+        if addressed_to != consumed.topic:
             raise RejectedEvent(f"delivery for {delivery.partner} found on {consumed.topic}")
-        for index, report in enumerate(handle_delivery(delivery)):
+        try:
+            reports = handle_delivery(delivery)
+        except (ValueError, KeyError) as error:
+            # A value the service cannot interpret (an enum number it does not know, a malformed
+            # field) fails the same way on every attempt: reject it at once, by type only (the
+            # message could quote the delivery).
+            raise RejectedEvent(f"delivery cannot be processed: {type(error).__name__}") from None
+        for index, report in enumerate(reports):
             publish_status(
                 publisher, delivery, report, event_id=f"{delivery.delivery_id}/status/{index}"
             )

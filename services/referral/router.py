@@ -663,8 +663,8 @@ class ReferralRouter:
         )
         return OutboundRecord(
             topics.DEAD_LETTER,
-            (record.key or b"").decode("utf-8", errors="replace"),
-            record.value or b"",
+            record.key,
+            record.value,
             dead_letter_headers(record, error=error, group_id=self.group_id, attempts=1),
         )
 

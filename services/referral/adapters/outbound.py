@@ -16,11 +16,12 @@ _tracer = trace.get_tracer("ctroute.referral.router")
 
 @dataclass(frozen=True)
 class OutboundRecord:
-    """One Kafka record ready to send: topic, key, protobuf value and headers."""
+    """One Kafka record ready to send: topic, key, value and headers (a dead letter keeps the
+    consumed record's key and value byte for byte, null included)."""
 
     topic: str
-    key: str
-    value: bytes
+    key: bytes | None
+    value: bytes | None
     headers: Headers
 
 
@@ -44,4 +45,4 @@ def outbound(topic: str, key: str, event: Message, *, source: str, event_id: str
     ):
         headers = event_headers(event, source=source, event_id=event_id)
         inject_trace_context(headers)
-    return OutboundRecord(topic, key, event.SerializeToString(), headers)
+    return OutboundRecord(topic, key.encode(), event.SerializeToString(), headers)

@@ -300,7 +300,7 @@ class RouterWorker:
             output = self.router.handle(raw, self.routed, self.index, self.states)
         sent = [
             self._producer.send(
-                out.topic, key=out.key.encode(), value=out.value, headers=out.headers
+                out.topic, key=out.key, value=out.value, headers=out.headers
             )
             for out in output.records
         ]
