@@ -615,6 +615,7 @@ class ReferralRouter:
                 delivery_id=delivery_id,
                 partner=notice.partner,
                 priority=priority_value(notice.priority.name),
+                withdraws_referral=notice.kind is NoticeKind.WITHDRAWAL,
             )
             delivered.acknowledge_by.FromDatetime(due)
             lifecycle.append(

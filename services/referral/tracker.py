@@ -29,6 +29,7 @@ from referral.domain.lifecycle import (
     Repeated,
     StatusReport,
     apply_report,
+    withdrawn_by_source,
 )
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,32 @@ class LifecycleTracker:
             deadline = event.acknowledge_by.ToDatetime(tzinfo=UTC)
             if not self._store.add(delivery, priority, deadline):
                 return
+            if event.withdraws_referral:
+                self._withdraw_earlier(delivery)
             for event_id, payload in self._store.take_parked(event.delivery_id):
                 parked = delivery_pb2.DeliveryStatusReported.FromString(payload)
                 self._settle(parked.report.partner, parked.report, event_id)
+
+    def _withdraw_earlier(self, notice: Delivery) -> None:
+        """The source withdrew the referral: close the partner's open copies of it."""
+        earlier = self._store.of_referral(notice.referral_id, notice.partner)
+        previous = {d.delivery_id: d.state for d in earlier}
+        for closed in withdrawn_by_source(earlier, notice.delivery_id):
+            self._store.set_state(closed.delivery_id, closed.state)
+            changed = lifecycle_pb2.DeliveryStatusChanged(
+                referral_id=closed.referral_id,
+                delivery_id=closed.delivery_id,
+                partner=closed.partner,
+                previous_state=state_value(previous[closed.delivery_id]),
+                state=state_value(closed.state),
+            )
+            self._publish(
+                topics.LIFECYCLE,
+                closed.referral_id,
+                changed,
+                f"{closed.delivery_id}/withdrawn",
+            )
+            log.info("%s withdrawn by the source", closed.delivery_id)
 
     def reported(
         self, partner: str, event: delivery_pb2.DeliveryStatusReported, event_id: str

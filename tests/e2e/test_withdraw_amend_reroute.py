@@ -136,6 +136,26 @@ def test_a_withdrawal_notifies_every_recipient_with_ids_only(running_system: Run
         assert tag.encode() not in notice.raw_value
     # The notices are deliveries of the closed loop like any other: tracked and acknowledged.
     _acknowledged(running_system, {n.event.delivery_id for n in notices.values()})  # type: ignore[attr-defined]
+    # And the partners' original copies are closed: WITHDRAWN, so nobody escalates them.
+    originals = {
+        r.event.delivery_id  # type: ignore[attr-defined]
+        for r in read_all(
+            running_system.bootstrap_servers,
+            [topics.inbox(p) for p in recipients],
+            keep=lambda r: r.key == referral_id and r.event.kind == K.DELIVERY_KIND_NEW,  # type: ignore[attr-defined]
+        )
+    }
+    assert len(originals) == len(recipients)
+    read_until(
+        running_system.bootstrap_servers,
+        [topics.LIFECYCLE],
+        keep=lambda r: (
+            isinstance(r.event, S.DeliveryStatusChanged)
+            and r.event.delivery_id in originals
+            and r.event.state == S.DELIVERY_STATE_WITHDRAWN
+        ),
+        want=lambda kept: {r.event.delivery_id for r in kept} == originals,  # type: ignore[attr-defined]
+    )
 
 
 def test_an_amendment_notifies_every_recipient_with_the_new_content(

@@ -12,6 +12,7 @@ from referral.domain.lifecycle import (
     Repeated,
     StatusReport,
     apply_report,
+    withdrawn_by_source,
 )
 
 S = DeliveryState
@@ -97,3 +98,24 @@ def test_a_repeated_report_changes_nothing_and_an_unknown_delivery_is_refused() 
     unknown = apply_report(None, StatusReport("dlv-9", "hsi", S.ACKNOWLEDGED))
     assert isinstance(repeated, Repeated)
     assert isinstance(unknown, Rejected)
+
+
+def test_a_withdrawal_closes_the_partners_open_copies_and_leaves_finished_ones() -> None:
+    copies = [
+        Delivery("dlv-original", "ref-1", "hsi", S.ACCEPTED),
+        Delivery("dlv-amendment", "ref-1", "hsi", S.DELIVERED),
+        Delivery("dlv-done", "ref-1", "hsi", S.COMPLETED),
+        Delivery("dlv-notice", "ref-1", "hsi", S.DELIVERED),
+    ]
+
+    closed = withdrawn_by_source(copies, "dlv-notice")
+
+    assert [(d.delivery_id, d.state) for d in closed] == [
+        ("dlv-original", S.WITHDRAWN),
+        ("dlv-amendment", S.WITHDRAWN),
+    ]
+
+
+def test_a_withdrawn_delivery_takes_no_more_reports() -> None:
+    outcome = apply_report(_delivery(S.WITHDRAWN), StatusReport("dlv-1", "hsi", S.ACCEPTED))
+    assert isinstance(outcome, Rejected)

@@ -53,6 +53,16 @@ class DeliveryStore:
             )
         return cursor.rowcount == 1
 
+    def of_referral(self, referral_id: str, partner: str) -> list[Delivery]:
+        """Every delivery of a referral to one partner."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT delivery_id, state FROM deliveries WHERE referral_id = ? AND partner = ?"
+                " ORDER BY delivery_id",
+                (referral_id, partner),
+            ).fetchall()
+        return [Delivery(row[0], referral_id, partner, DeliveryState(row[1])) for row in rows]
+
     def overdue(self, moment: datetime) -> list[tuple[Delivery, str, datetime]]:
         """Deliveries still unacknowledged after their deadline, with priority and deadline."""
         with self._lock:

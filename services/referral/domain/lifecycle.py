@@ -111,6 +111,16 @@ class Rejected:
 Outcome = Accepted | Repeated | Rejected
 
 
+def withdrawn_by_source(deliveries: list[Delivery], notice_id: str) -> list[Delivery]:
+    """The deliveries a withdrawal notice closes: the partner's earlier copies of the referral
+    that are still open (a finished one keeps its outcome), now WITHDRAWN."""
+    return [
+        Delivery(d.delivery_id, d.referral_id, d.partner, DeliveryState.WITHDRAWN)
+        for d in deliveries
+        if d.delivery_id != notice_id and d.state not in FINAL_STATES
+    ]
+
+
 def apply_report(delivery: Delivery | None, report: StatusReport) -> Outcome:
     """Check a partner's report against the lifecycle and say what it does."""
     if delivery is None:

@@ -501,6 +501,7 @@ class ReferralDelivered(_message.Message):
     PARTNER_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGE_BY_FIELD_NUMBER: _builtins.int
+    WITHDRAWS_REFERRAL_FIELD_NUMBER: _builtins.int
     referral_id: _builtins.str
     """referral_id is the referral delivered."""
     delivery_id: _builtins.str
@@ -509,6 +510,11 @@ class ReferralDelivered(_message.Message):
     """partner is the recipient."""
     priority: Global___Priority.ValueType
     """priority is the delivery's priority."""
+    withdraws_referral: _builtins.bool
+    """withdraws_referral is true when this delivery is the notice that the source withdrew the
+    referral: every earlier delivery of the referral to this partner that is still open becomes
+    WITHDRAWN.
+    """
     @_builtins.property
     def acknowledge_by(self) -> _timestamp_pb2.Timestamp:
         """acknowledge_by is the deadline for the partner's acknowledgement."""
@@ -521,10 +527,11 @@ class ReferralDelivered(_message.Message):
         partner: _builtins.str = ...,
         priority: Global___Priority.ValueType = ...,
         acknowledge_by: _timestamp_pb2.Timestamp | None = ...,
+        withdraws_referral: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_by", b"acknowledge_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_by", b"acknowledge_by", "delivery_id", b"delivery_id", "partner", b"partner", "priority", b"priority", "referral_id", b"referral_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_by", b"acknowledge_by", "delivery_id", b"delivery_id", "partner", b"partner", "priority", b"priority", "referral_id", b"referral_id", "withdraws_referral", b"withdraws_referral"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
