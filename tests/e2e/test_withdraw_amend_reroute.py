@@ -218,6 +218,44 @@ def test_an_amendment_notifies_every_recipient_with_the_new_content(
     assert tag.encode() not in after["uscg"].raw_value
 
 
+def test_a_retried_amendment_with_its_reference_is_delivered_once(
+    running_system: RunningSystem,
+) -> None:
+    tag = uuid.uuid4().hex[:12]
+    referral = _minor(tag)
+    referral_id = _submit(running_system, referral)
+    _inbox(running_system, ["hsi"], referral_id, K.DELIVERY_KIND_NEW)
+
+    def amend(narrative: str, reference: str) -> None:
+        amended = referral_pb2.Referral()
+        amended.CopyFrom(referral)
+        amended.narrative = narrative
+        running_system.intake().AmendReferral(
+            intake_pb2.AmendReferralRequest(
+                referral_id=referral_id,
+                referral=amended,
+                reason="more detail from the caller",
+                amendment_reference=reference,
+            ),
+            timeout=15,
+        )
+
+    amend(f"CANARY-FIRST-AMENDMENT-{tag}", "case-notes-1")
+    amend(f"CANARY-FIRST-AMENDMENT-{tag}", "case-notes-1")  # the source's retry
+    amend(f"CANARY-SECOND-AMENDMENT-{tag}", "case-notes-2")
+
+    # One referral's events stay in order: once the second amendment is delivered, a delivery
+    # of the retry would already be there.
+    amendments = read_until(
+        running_system.bootstrap_servers,
+        [topics.inbox("hsi")],
+        keep=lambda r: r.key == referral_id and r.event.kind == K.DELIVERY_KIND_AMENDMENT,  # type: ignore[attr-defined]
+        want=lambda kept: any(f"SECOND-AMENDMENT-{tag}".encode() in r.raw_value for r in kept),
+    )
+    assert len(amendments) == 2, [r.event.delivery_id for r in amendments]  # type: ignore[attr-defined]
+    assert f"FIRST-AMENDMENT-{tag}".encode() in amendments[0].raw_value
+
+
 def test_a_decline_out_of_jurisdiction_goes_on_to_the_ccht_desk(
     running_system: RunningSystem,
 ) -> None:

@@ -22,6 +22,13 @@ def referral_id_for(source: str, source_reference: str) -> str:
     return "ref-" + uuid.uuid5(_REFERRAL_NAMESPACE, f"{source}\x1f{source_reference}").hex[:20]
 
 
+def amendment_event_id(referral_id: str, amendment_reference: str) -> str:
+    """The stable event id of an amendment the source identified with its own reference."""
+    return (
+        "amd-" + uuid.uuid5(_REFERRAL_NAMESPACE, f"{referral_id}\x1f{amendment_reference}").hex[:20]
+    )
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     referral_id: str

@@ -20,7 +20,12 @@ from plumbing.grpc_server import abort_invalid
 from plumbing.kafka import EventPublisher
 from plumbing.sensitivity import span_attributes
 from plumbing.validation import FieldViolation, violations_of
-from referral.adapters.ledger import IntakeLedger, LedgerEntry, referral_id_for
+from referral.adapters.ledger import (
+    IntakeLedger,
+    LedgerEntry,
+    amendment_event_id,
+    referral_id_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +67,17 @@ class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
         self._publisher = publisher
         self._ledger = ledger
 
-    def _publish(self, context: grpc.ServicerContext, key: str, event: Message) -> None:
+    def _publish(
+        self,
+        context: grpc.ServicerContext,
+        key: str,
+        event: Message,
+        *,
+        event_id: str | None = None,
+        retry_safe: bool = True,
+    ) -> None:
         try:
-            self._publisher.publish(topics.SUBMITTED, key, event).get(
+            self._publisher.publish(topics.SUBMITTED, key, event, event_id=event_id).get(
                 timeout=PUBLISH_TIMEOUT_SECONDS
             )
         except Exception as error:
@@ -72,7 +85,12 @@ class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 "the referral could not be handed to Kafka, so it was NOT accepted; "
-                "retry the same request (it is safe: duplicates are recognised)",
+                + (
+                    "retry the same request (it is safe: duplicates are recognised)"
+                    if retry_safe
+                    else "retry with an amendment_reference, so that a retry of an amendment "
+                    "that did arrive is recognised instead of delivered twice"
+                ),
             )
 
     def SubmitReferral(
@@ -138,7 +156,16 @@ class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
         event.referral.CopyFrom(request.referral)
         event.referral.referral_id = request.referral_id
         event.referral.received_at.FromDatetime(datetime.now(UTC))
-        self._publish(context, request.referral_id, event)
+        # The event id is the amendment's revision for the router: derived from the source's
+        # reference, a retried amendment is recognised and delivered once.
+        event_id = (
+            amendment_event_id(request.referral_id, request.amendment_reference)
+            if request.amendment_reference
+            else None
+        )
+        self._publish(
+            context, request.referral_id, event, event_id=event_id, retry_safe=event_id is not None
+        )
         return intake_pb2.AmendReferralResponse(referral_id=request.referral_id)
 
     def WithdrawReferral(

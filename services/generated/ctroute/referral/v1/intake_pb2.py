@@ -28,7 +28,7 @@ from ctroute.referral.v1 import referral_pb2 as ctroute_dot_referral_dot_v1_dot_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ctroute/referral/v1/intake.proto\x12\x13\x63troute.referral.v1\x1a\x1b\x62uf/validate/validate.proto\x1a$ctroute/options/v1/sensitivity.proto\x1a\"ctroute/referral/v1/referral.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x02\n\x15SubmitReferralRequest\x12\xa5\x02\n\x08referral\x18\x01 \x01(\x0b\x32\x1d.ctroute.referral.v1.ReferralB\xf3\x01\xbaH\xeb\x01\xba\x01v\n%submit.referral_id_assigned_by_system\x12\x35referral_id is assigned by the system; leave it empty\x1a\x16this.referral_id == \'\'\xba\x01l\n submit.received_at_set_by_system\x12\x30received_at is set by the system; leave it empty\x1a\x16!has(this.received_at)\xc8\x01\x01\xa8\xd4\x18\x01\"\x83\x01\n\x16SubmitReferralResponse\x12\x19\n\x0breferral_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\x12\x17\n\tduplicate\x18\x02 \x01(\x08\x42\x04\xa8\xd4\x18\x01\x12\x35\n\x0breceived_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01\"\x97\x01\n\x14\x41mendReferralRequest\x12\"\n\x0breferral_id\x18\x01 \x01(\tB\r\xbaH\x06r\x04\x10\x01\x18@\xa8\xd4\x18\x01\x12;\n\x08referral\x18\x02 \x01(\x0b\x32\x1d.ctroute.referral.v1.ReferralB\n\xbaH\x03\xc8\x01\x01\xa8\xd4\x18\x01\x12\x1e\n\x06reason\x18\x03 \x01(\tB\x0e\xbaH\x07r\x05\x10\x01\x18\xd0\x0f\xa8\xd4\x18\x03\"2\n\x15\x41mendReferralResponse\x12\x19\n\x0breferral_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\"\x90\x01\n\x17WithdrawReferralRequest\x12\"\n\x0breferral_id\x18\x01 \x01(\tB\r\xbaH\x06r\x04\x10\x01\x18@\xa8\xd4\x18\x01\x12\x31\n\x06source\x18\x02 \x01(\tB!\xbaH\x1ar\x18\x32\x16^[a-z][a-z0-9-]{1,62}$\xa8\xd4\x18\x01\x12\x1e\n\x06reason\x18\x03 \x01(\tB\x0e\xbaH\x07r\x05\x10\x01\x18\xd0\x0f\xa8\xd4\x18\x03\"5\n\x18WithdrawReferralResponse\x12\x19\n\x0breferral_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\x32\xdb\x02\n\x15ReferralIntakeService\x12i\n\x0eSubmitReferral\x12*.ctroute.referral.v1.SubmitReferralRequest\x1a+.ctroute.referral.v1.SubmitReferralResponse\x12\x66\n\rAmendReferral\x12).ctroute.referral.v1.AmendReferralRequest\x1a*.ctroute.referral.v1.AmendReferralResponse\x12o\n\x10WithdrawReferral\x12,.ctroute.referral.v1.WithdrawReferralRequest\x1a-.ctroute.referral.v1.WithdrawReferralResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ctroute/referral/v1/intake.proto\x12\x13\x63troute.referral.v1\x1a\x1b\x62uf/validate/validate.proto\x1a$ctroute/options/v1/sensitivity.proto\x1a\"ctroute/referral/v1/referral.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x02\n\x15SubmitReferralRequest\x12\xa5\x02\n\x08referral\x18\x01 \x01(\x0b\x32\x1d.ctroute.referral.v1.ReferralB\xf3\x01\xbaH\xeb\x01\xba\x01v\n%submit.referral_id_assigned_by_system\x12\x35referral_id is assigned by the system; leave it empty\x1a\x16this.referral_id == \'\'\xba\x01l\n submit.received_at_set_by_system\x12\x30received_at is set by the system; leave it empty\x1a\x16!has(this.received_at)\xc8\x01\x01\xa8\xd4\x18\x01\"\x83\x01\n\x16SubmitReferralResponse\x12\x19\n\x0breferral_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\x12\x17\n\tduplicate\x18\x02 \x01(\x08\x42\x04\xa8\xd4\x18\x01\x12\x35\n\x0breceived_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xa8\xd4\x18\x01\"\xc2\x01\n\x14\x41mendReferralRequest\x12\"\n\x0breferral_id\x18\x01 \x01(\tB\r\xbaH\x06r\x04\x10\x01\x18@\xa8\xd4\x18\x01\x12;\n\x08referral\x18\x02 \x01(\x0b\x32\x1d.ctroute.referral.v1.ReferralB\n\xbaH\x03\xc8\x01\x01\xa8\xd4\x18\x01\x12\x1e\n\x06reason\x18\x03 \x01(\tB\x0e\xbaH\x07r\x05\x10\x01\x18\xd0\x0f\xa8\xd4\x18\x03\x12)\n\x13\x61mendment_reference\x18\x04 \x01(\tB\x0c\xbaH\x05r\x03\x18\x80\x01\xa8\xd4\x18\x01\"2\n\x15\x41mendReferralResponse\x12\x19\n\x0breferral_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\"\x90\x01\n\x17WithdrawReferralRequest\x12\"\n\x0breferral_id\x18\x01 \x01(\tB\r\xbaH\x06r\x04\x10\x01\x18@\xa8\xd4\x18\x01\x12\x31\n\x06source\x18\x02 \x01(\tB!\xbaH\x1ar\x18\x32\x16^[a-z][a-z0-9-]{1,62}$\xa8\xd4\x18\x01\x12\x1e\n\x06reason\x18\x03 \x01(\tB\x0e\xbaH\x07r\x05\x10\x01\x18\xd0\x0f\xa8\xd4\x18\x03\"5\n\x18WithdrawReferralResponse\x12\x19\n\x0breferral_id\x18\x01 \x01(\tB\x04\xa8\xd4\x18\x01\x32\xdb\x02\n\x15ReferralIntakeService\x12i\n\x0eSubmitReferral\x12*.ctroute.referral.v1.SubmitReferralRequest\x1a+.ctroute.referral.v1.SubmitReferralResponse\x12\x66\n\rAmendReferral\x12).ctroute.referral.v1.AmendReferralRequest\x1a*.ctroute.referral.v1.AmendReferralResponse\x12o\n\x10WithdrawReferral\x12,.ctroute.referral.v1.WithdrawReferralRequest\x1a-.ctroute.referral.v1.WithdrawReferralResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AMENDREFERRALREQUEST'].fields_by_name['referral']._serialized_options = b'\272H\003\310\001\001\250\324\030\001'
   _globals['_AMENDREFERRALREQUEST'].fields_by_name['reason']._loaded_options = None
   _globals['_AMENDREFERRALREQUEST'].fields_by_name['reason']._serialized_options = b'\272H\007r\005\020\001\030\320\017\250\324\030\003'
+  _globals['_AMENDREFERRALREQUEST'].fields_by_name['amendment_reference']._loaded_options = None
+  _globals['_AMENDREFERRALREQUEST'].fields_by_name['amendment_reference']._serialized_options = b'\272H\005r\003\030\200\001\250\324\030\001'
   _globals['_AMENDREFERRALRESPONSE'].fields_by_name['referral_id']._loaded_options = None
   _globals['_AMENDREFERRALRESPONSE'].fields_by_name['referral_id']._serialized_options = b'\250\324\030\001'
   _globals['_WITHDRAWREFERRALREQUEST'].fields_by_name['referral_id']._loaded_options = None
@@ -64,13 +66,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREFERRALRESPONSE']._serialized_start=516
   _globals['_SUBMITREFERRALRESPONSE']._serialized_end=647
   _globals['_AMENDREFERRALREQUEST']._serialized_start=650
-  _globals['_AMENDREFERRALREQUEST']._serialized_end=801
-  _globals['_AMENDREFERRALRESPONSE']._serialized_start=803
-  _globals['_AMENDREFERRALRESPONSE']._serialized_end=853
-  _globals['_WITHDRAWREFERRALREQUEST']._serialized_start=856
-  _globals['_WITHDRAWREFERRALREQUEST']._serialized_end=1000
-  _globals['_WITHDRAWREFERRALRESPONSE']._serialized_start=1002
-  _globals['_WITHDRAWREFERRALRESPONSE']._serialized_end=1055
-  _globals['_REFERRALINTAKESERVICE']._serialized_start=1058
-  _globals['_REFERRALINTAKESERVICE']._serialized_end=1405
+  _globals['_AMENDREFERRALREQUEST']._serialized_end=844
+  _globals['_AMENDREFERRALRESPONSE']._serialized_start=846
+  _globals['_AMENDREFERRALRESPONSE']._serialized_end=896
+  _globals['_WITHDRAWREFERRALREQUEST']._serialized_start=899
+  _globals['_WITHDRAWREFERRALREQUEST']._serialized_end=1043
+  _globals['_WITHDRAWREFERRALRESPONSE']._serialized_start=1045
+  _globals['_WITHDRAWREFERRALRESPONSE']._serialized_end=1098
+  _globals['_REFERRALINTAKESERVICE']._serialized_start=1101
+  _globals['_REFERRALINTAKESERVICE']._serialized_end=1448
 # @@protoc_insertion_point(module_scope)

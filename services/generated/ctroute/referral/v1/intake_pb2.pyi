@@ -85,10 +85,16 @@ class AmendReferralRequest(_message.Message):
     REFERRAL_ID_FIELD_NUMBER: _builtins.int
     REFERRAL_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    AMENDMENT_REFERENCE_FIELD_NUMBER: _builtins.int
     referral_id: _builtins.str
     """referral_id is the referral to amend."""
     reason: _builtins.str
     """reason says why the referral is amended."""
+    amendment_reference: _builtins.str
+    """amendment_reference is the source system's own identifier for this amendment. A request
+    that repeats it (a retry after UNAVAILABLE or a lost answer) is the same amendment and is
+    delivered once; without it, every accepted request is a new amendment.
+    """
     @_builtins.property
     def referral(self) -> _referral_pb2.Referral:
         """referral is the full new content; its source and source_reference must match the original."""
@@ -99,10 +105,11 @@ class AmendReferralRequest(_message.Message):
         referral_id: _builtins.str = ...,
         referral: _referral_pb2.Referral | None = ...,
         reason: _builtins.str = ...,
+        amendment_reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["referral", b"referral"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "referral", b"referral", "referral_id", b"referral_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amendment_reference", b"amendment_reference", "reason", b"reason", "referral", b"referral", "referral_id", b"referral_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
