@@ -374,7 +374,13 @@ def check_intake(request: intake_pb2.SubmitReferralRequest) -> IntakeOutcome:
             f"an invalid request was answered {outcome.aborted.code}, not INVALID_ARGUMENT",
         )
         _require(not outcome.published, "an invalid request was published (partial publish)")
-        echoed = echoed_values(candidates, outcome.aborted.details)
+        # The message names the violating fields by path; a value that merely spells part of a
+        # path ("al.r" in "referral.received_at") is not an echo.
+        details = outcome.aborted.details
+        for violation in outcome.violations:
+            if violation.field:
+                details = details.replace(violation.field, "\n")
+        echoed = echoed_values(candidates, details)
         _require(not echoed, f"the status message echoes request values {echoed!r}")
         if too_big:
             _require("512 KiB" in outcome.aborted.details, "the size limit is not named")
