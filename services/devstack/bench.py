@@ -92,10 +92,11 @@ class Sizes:
     raw_records: int
     perf_records: int
     hop_seconds: float
+    idle_seconds: float
 
 
-FULL = Sizes(300, 40, 32, 400, 20, 60, 100_000, 300_000, 15)
-QUICK = Sizes(100, 10, 32, 200, 5, 30, 20_000, 50_000, 5)
+FULL = Sizes(300, 40, 32, 400, 20, 60, 100_000, 300_000, 15, 10)
+QUICK = Sizes(100, 10, 32, 200, 5, 30, 20_000, 50_000, 5, 3)
 
 
 def say(message: str) -> None:
@@ -549,15 +550,26 @@ class Bench:
             self.stack.stop()
             self.stack = None
 
-    def pids(self, observer: Observer) -> dict[str, int]:
+    def pids(self, observer: Observer | None = None) -> dict[str, int]:
         assert self.stack is not None
         pids = {name: s.process.pid for name, s in self.stack.running.items()}
         if self.broker.pid is not None:
             pids["kafka-broker"] = self.broker.pid
         pids["bench-client"] = os.getpid()
-        if observer.process.pid is not None:
+        if observer is not None and observer.process.pid is not None:
             pids["bench-observer"] = observer.process.pid
         return pids
+
+    def idle_cpu(self, seconds: float) -> dict[str, float]:
+        """Each process's CPU use with no referrals flowing, in cores (1.0 = one busy core):
+        polling and heartbeats, which the CPU per referral at saturation includes too."""
+        self._settle("idle")
+        say(f"idle: measuring CPU for {seconds:g}s with nothing submitted")
+        pids = self.pids()
+        before = process_cpu(pids)
+        time.sleep(seconds)
+        after = process_cpu(pids)
+        return {name: (after[name] - before[name]) / seconds for name in after if name in before}
 
     def phase(self, name: str, requests: Iterator[intake_pb2.SubmitReferralRequest], *,
               rate: float | None, seconds: float) -> PhaseResult:  # fmt: skip
@@ -826,6 +838,7 @@ def run(bench: Bench, quick: bool) -> dict[str, Any]:
     bench.stop_stack()
     bench.start_stack("tracing-on", {})
     bench.phase("warm-up", requests, rate=100, seconds=warmup)
+    idle = bench.idle_cpu(sizes.idle_seconds)
     saturation = bench.phase("saturation", requests, rate=None, seconds=sizes.saturation_seconds)
     at_100 = bench.phase("paced 100/s", requests, rate=100, seconds=sizes.paced_seconds)
     at_500 = bench.phase("paced 500/s", requests, rate=500, seconds=sizes.paced_seconds)
@@ -883,6 +896,7 @@ def run(bench: Bench, quick: bool) -> dict[str, Any]:
             "paced_100": at_100.cpu_seconds,
             "paced_500": at_500.cpu_seconds,
         },
+        "idle_cpu_cores": idle,
         "notes": NOTES,
     }
     stats.check_report_shape(report)
@@ -932,10 +946,12 @@ def render_table(report: dict[str, Any]) -> str:
     rows.append(["end-to-end referrals/s, tracing off", stats.fmt(untraced["referrals_per_second"]),
                  "", ""])  # fmt: skip
     for rate in ("100/s", "500/s"):
-        summary = report["latency"][rate]["latency_to_partner_record_create_time"]
+        phase = report["latency"][rate]
+        summary = phase["latency_to_partner_record_create_time"]
         missing = summary.get("never_arrived", 0)
         rows.append([
             f"latency at {rate} offered, p50 / p99 / p99.9 ms"
+            + (" (rate not sustained)" if phase["stopped_early_backlog_growing"] else "")
             + (f" ({missing} never arrived)" if missing else ""),
             f"{lat(summary, 'p50_ms')} / {lat(summary, 'p99_ms')} / {lat(summary, 'p99_9_ms')}",
             "p99 <= 50" if rate == "100/s" else "",
@@ -966,9 +982,13 @@ def render_table(report: dict[str, Any]) -> str:
         "throughput tracing on / off", stats.fmt(ratios["tracing_on_over_off"], 2), ">= 0.80",
         targets["tracing_cost"],
     ])  # fmt: skip
+    idle = report["idle_cpu_cores"]
     for name, seconds in sorted(report["cpu_seconds_per_referral"]["saturation"].items()):
         milliseconds = None if seconds is None else seconds * 1000
-        rows.append([f"CPU ms per referral: {name}", stats.fmt(milliseconds, 2), "", ""])
+        idle_share = f" (idle: {idle[name] * 100:.0f}% of a core)" if name in idle else ""
+        rows.append(
+            [f"CPU ms per referral: {name}{idle_share}", stats.fmt(milliseconds, 2), "", ""]
+        )
     return stats.table(rows)
 
 

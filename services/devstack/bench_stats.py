@@ -166,6 +166,7 @@ REPORT_KEYS = (
     "ratios",
     "targets",
     "cpu_seconds_per_referral",
+    "idle_cpu_cores",
     "notes",
 )
 """Top-level keys of `bench/results/pipeline.json`, in order."""
