@@ -56,7 +56,7 @@ test: setup lint
 
 bench: setup
 	@$(PY) -m devstack.bench
-	@$(PY) -m devstack.bench_policy $(if $(filter-out 0,$(BENCH_QUICK)),--count 20000 --repeat 1)
+	@$(PY) -m devstack.bench_policy $(if $(filter-out 0,$(BENCH_QUICK)),--count 20000 --repeat 1 --output .run/bench-quick/policy_simulate.json)
 
 chaos: setup
 	@$(PY) -m pytest -m chaos tests/chaos

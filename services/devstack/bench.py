@@ -69,6 +69,9 @@ from plumbing.envelope import header_value
 from referral.domain.policy import load_default_policy
 
 RESULTS_DIR = Path("bench", "results")
+"""Where a full run's results go (and are kept in git)."""
+QUICK_RESULTS_DIR = Path(".run", "bench-quick")
+"""Where a quick run's rough results go, so they never replace a full run's."""
 RAW_TOPIC = "bench.raw"
 HOP_TOPIC = "bench.hop"
 PERF_TOPIC = "bench.perf"
@@ -992,6 +995,14 @@ def render_table(report: dict[str, Any]) -> str:
     return stats.table(rows)
 
 
+def _shown(path: Path, root: Path) -> str:
+    """`path` relative to the project when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devstack.bench",
@@ -1003,10 +1014,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("BENCH_QUICK", "") not in {"", "0"},
         help="a short run for development (also BENCH_QUICK=1); its figures are rough",
     )
-    parser.add_argument("--output-dir", type=Path, default=None, help="default: bench/results")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help=f"default: {RESULTS_DIR}, or {QUICK_RESULTS_DIR} with --quick",
+    )
     args = parser.parse_args(argv)
     root = find_project_root()
-    output_dir: Path = args.output_dir or root / RESULTS_DIR
+    output_dir: Path = args.output_dir or root / (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR)
     run_dir = root / ".run" / "bench"
     shutil.rmtree(run_dir, ignore_errors=True)
     bench = Bench(root, QUICK if args.quick else FULL, run_dir)
@@ -1034,8 +1050,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render_table(report))
     print()
     say(
-        f"done in {time.monotonic() - started:.0f}s; results in {RESULTS_DIR / 'pipeline.json'} "
-        f"and {RESULTS_DIR / 'pipeline.png'}"
+        f"done in {time.monotonic() - started:.0f}s; results in {_shown(json_path, root)} and "
+        f"{_shown(output_dir / 'pipeline.png', root)}"
     )
     return 0
 
