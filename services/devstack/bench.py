@@ -3,22 +3,27 @@
 One run starts a Kafka broker and every service process (the same `ServiceStack` `make run` and
 the end-to-end tests use) and measures, on that one broker:
 
-* **saturation**: referrals submitted concurrently through the gRPC intake, as fast as it accepts
-  them; the end-to-end rate is the referrals that reached every partner their routing decision
-  names, divided by the time from the first submit to the last partner record;
+* **saturation**: submits kept in flight through the gRPC intake for a fixed time, with at most a
+  bounded backlog of referrals accepted and not yet delivered (so the slowest stage is always
+  busy but no queue grows without end); the end-to-end rate is the referrals that reached every
+  partner their routing decision names, divided by the time from the first submit to the last
+  partner record. It runs twice: on a stack with `CTROUTE_TRACING=off`, then with tracing on;
 * **latency** at 100/s and 500/s offered open-loop (each submit starts on its schedule, whatever
   the previous ones are doing): from the moment the intake's SubmitReferral response arrives
   (accepted, acks=all) to the CreateTime of the last of the referral's partner records (the
-  router's producer sets it when it sends); the time the bench's consumer saw it is kept too;
-* **baselines**: Kafka's own ProducerPerformance; kafka-python producing and a kafka-python
-  consumer (another process) consuming records of the same size with acks=all; one raw hop
-  (kafka-python send → kafka-python consumer receipt) at 100/s;
-* the saturation phase again on a stack restarted with `CTROUTE_TRACING=off`;
-* CPU seconds per referral of every process (utime + stime from `/proc/<pid>/stat`).
+  router's producer sets it when it sends); the time the bench's consumer saw it is kept too.
+  A phase whose backlog passes `OPEN_LOOP_BACKLOG` stops early and says the rate was not
+  sustained;
+* **baselines**, after the stack has stopped: Kafka's own ProducerPerformance; kafka-python
+  producing while a kafka-python consumer (another process) consumes, records of the pipeline's
+  mean size, acks=all; one raw hop (kafka-python send → kafka-python consumer receipt) at 100/s;
+* CPU seconds per referral of every process (utime + stime from `/proc/<pid>/stat`), and each
+  process's CPU while idle.
 
 The services are black boxes: the bench talks gRPC to the intake and reads records from
 `referrals.lifecycle` (each `ReferralRouted` names the partners a referral goes to) and the
-partner inboxes. Results go to `bench/results/pipeline.json` and `bench/results/pipeline.png`.
+partner inboxes. Results go to `bench/results/pipeline.json` and `bench/results/pipeline.png`
+(`.run/bench-quick/` for a quick run).
 
 Run ``python -m devstack.bench [--quick]`` (`BENCH_QUICK=1` is the same as ``--quick``).
 """
@@ -53,7 +58,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc, lifecycle_pb2
 from devstack import bench_stats as stats
-from devstack.bench_policy import _Generator, cpu_model
+from devstack.bench_policy import ReferralGenerator, cpu_model
 from devstack.broker import (
     BrokerError,
     EmbeddedKafka,
@@ -117,7 +122,7 @@ class RequestSource:
     """
 
     def __init__(self, run_tag: str) -> None:
-        self._generator = _Generator(SEED)
+        self._generator = ReferralGenerator(SEED)
         self._run_tag = run_tag
         self._serial = 0
 
@@ -131,9 +136,6 @@ class RequestSource:
         referral.source_reference = f"BENCH-{self._run_tag}-{self._serial:07d}"
         self._serial += 1
         return intake_pb2.SubmitReferralRequest(referral=referral)
-
-    def take(self, count: int) -> list[intake_pb2.SubmitReferralRequest]:
-        return [next(self) for _ in range(count)]
 
 
 # --- observing deliveries (a separate process, so it does not share the client's GIL) ---------
