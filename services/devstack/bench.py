@@ -588,6 +588,7 @@ class Bench:
             pids = self.pids(observer)
             records_before = total_records(self.broker.bootstrap_servers)
             cpu_before = process_cpu(pids)
+            wall_before = time.monotonic()
 
             load = (
                 _open_loop(self.stack.grpc_address, requests, rate=rate, seconds=seconds,
@@ -600,6 +601,7 @@ class Bench:
             submitted = self._run_with_progress(name, load, observer)
             self._drain(name, observer, len(submitted.accepted))
             cpu_after = process_cpu(pids)
+            self._warn_if_bench_bound(name, cpu_before, cpu_after, time.monotonic() - wall_before)
             seen = observer.finish()
             records_after = total_records(self.broker.bootstrap_servers)
         self.record_bytes += seen["bytes"]
@@ -607,6 +609,21 @@ class Bench:
         return _phase_result(
             name, offered, submitted, seen, cpu_before, cpu_after, records_after - records_before
         )
+
+    @staticmethod
+    def _warn_if_bench_bound(
+        name: str, before: dict[str, float], after: dict[str, float], seconds: float
+    ) -> None:
+        """The client and the observer are single Python processes too: say when one of them
+        was nearly a whole core busy, because then the figures measure the bench."""
+        for process in ("bench-client", "bench-observer"):
+            if process in before and process in after:
+                share = (after[process] - before[process]) / seconds
+                if share > 0.8:
+                    say(
+                        f"{name}: warning: {process} used {share:.0%} of a core; the figures may "
+                        "be bounded by the bench, not the system"
+                    )
 
     def _settle(self, name: str) -> None:
         """Wait until the router has consumed everything submitted so far, so that a backlog
