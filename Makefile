@@ -13,7 +13,8 @@ help:
 	@echo "make run       start Kafka, every service and a demo feed (Ctrl-C stops everything)"
 	@echo "make test      run the whole test suite against a real Kafka broker"
 	@echo "make lint      ruff and mypy"
-	@echo "make bench     how many referrals a second policy simulate evaluates on one core"
+	@echo "make bench     the pipeline on a real broker next to raw Kafka, and policy simulate's rate"
+	@echo "               (BENCH_QUICK=1 for a short, rough run)"
 	@echo "make fuzz      long coverage-guided fuzzing of the intake and every record consumer"
 	@echo "make chaos     only the chaos run: faults under load with exact accounting (part of make test)"
 	@echo "make generate  regenerate protobuf code after changing protos/"
@@ -57,8 +58,9 @@ lint: $(STAMP)
 test: setup lint
 	@$(PY) -m pytest
 
-bench: $(STAMP)
-	@$(PY) -m devstack.bench_policy
+bench: setup
+	@$(PY) -m devstack.bench
+	@$(PY) -m devstack.bench_policy $(if $(filter-out 0,$(BENCH_QUICK)),--count 20000 --repeat 1 --output .run/bench-quick/policy_simulate.json)
 
 chaos: setup
 	@$(PY) -m pytest -m chaos tests/chaos

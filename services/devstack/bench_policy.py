@@ -136,7 +136,7 @@ _SCOPES = (
 )
 
 
-class _Generator:
+class ReferralGenerator:
     """Builds one synthetic referral at a time from a seeded random source."""
 
     def __init__(self, seed: int) -> None:
@@ -361,7 +361,7 @@ class _Generator:
 
 def synthetic_referrals(count: int, seed: int = DEFAULT_SEED) -> list[pb.Referral]:
     """``count`` synthetic referrals; the same ``seed`` always gives the same referrals."""
-    generator = _Generator(seed)
+    generator = ReferralGenerator(seed)
     return [generator.referral() for _ in range(count)]
 
 
