@@ -255,11 +255,15 @@ class EventConsumer:
         stop: threading.Event,
         *,
         between_polls: Callable[[], None] | None = None,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
         """Process records until `stop` is set, then commit what was processed and close.
 
         `between_polls` runs after every poll, busy or idle: time-driven work (sweeps, deadlines)
         happens on the consumer's own thread, so it needs no locking against the handler.
+        `after_batch` runs once the handler has seen every record of a batch and before its
+        offsets are committed: a handler that only collects can write the batch at once there
+        (if it raises, nothing of the batch is committed and the service stops).
         """
         try:
             while not stop.is_set():
@@ -272,6 +276,8 @@ class EventConsumer:
                 for records in batches.values():
                     for record in records:
                         self._process(record, handler)
+                if after_batch is not None:
+                    after_batch()
                 self._publisher.flush()
                 commit_riding_out_outages(self._consumer, stop)
         finally:

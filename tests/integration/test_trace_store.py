@@ -309,6 +309,22 @@ def test_an_event_stored_twice_is_stored_once(subject: StoreUnderTest) -> None:
     assert store.events_of("ref-unknown") == []
 
 
+def test_a_batch_stored_in_one_transaction_answers_as_events_stored_one_by_one(
+    subject: StoreUnderTest,
+) -> None:
+    """The timeline stores each consumed batch at once; the answers must not depend on it."""
+    one_by_one = subject.store()
+    assert replay(one_by_one, sample()) == len(sample())
+    expected = snapshot(one_by_one)
+    one_by_one.reset()
+
+    shuffled = sample()
+    random.Random(5).shuffle(shuffled)
+    assert one_by_one.append_many(shuffled[:9]) == 9
+    assert one_by_one.append_many(shuffled) == len(shuffled) - 9, "the replayed part is skipped"
+    assert snapshot(one_by_one) == expected
+
+
 def test_a_referrals_events_come_back_oldest_first_as_they_went_in(
     subject: StoreUnderTest,
 ) -> None:

@@ -57,6 +57,10 @@ class TraceStore(ABC):
         """Store an event; False if an event with its id is already stored (a replay)."""
 
     @abstractmethod
+    def append_many(self, events: Sequence[TraceEvent]) -> int:
+        """Store several events in one transaction; returns how many were not stored before."""
+
+    @abstractmethod
     def events_of(self, referral_id: str) -> list[TraceEvent]:
         """A referral's events, oldest first (empty if the referral is unknown)."""
 
@@ -87,6 +91,10 @@ class TraceStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the connection."""
+
+
+def _referral_of(event: TraceEvent) -> str:
+    return event.referral_id
 
 
 def open_trace_store(url: str | None, data_dir: Path) -> TraceStore:
@@ -246,31 +254,46 @@ class _SqlTraceStore(TraceStore):
                 db.execute(statement)
 
     def append(self, event: TraceEvent) -> bool:
+        return self.append_many([event]) == 1
+
+    def append_many(self, events: Sequence[TraceEvent]) -> int:
+        """Store several events in one transaction (a consumed batch); returns how many were
+        new. Each referral touched is folded once, after all its events are in."""
+        added = 0
+        touched: dict[str, None] = {}
         with self._transaction(write=True) as db:
-            # The referral's row first: in PostgreSQL it locks the referral, so two writers of
-            # one referral's events (a rebuild while the service runs) fold one after the other.
-            db.execute(
-                "INSERT INTO trace_referrals (referral_id, listed_at) VALUES (?, ?)"
-                " ON CONFLICT (referral_id) DO UPDATE SET listed_at = trace_referrals.listed_at",
-                (event.referral_id, self._db_time(event.received_at or event.occurred_at)),
-            )
-            added = db.execute(
-                "INSERT INTO trace_events"
-                " (event_id, referral_id, event_type, occurred_at, trace_id, record)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-                (
-                    event.event_id,
-                    event.referral_id,
-                    event.event_type,
-                    self._db_time(event.occurred_at),
-                    event.trace_id,
-                    event_to_json(event),
-                ),
-            )
-            if added != 1:
-                return False
-            self._refresh(db, event.referral_id)
-            return True
+            # By referral (stable: a referral's own events keep their order), so two writers in
+            # PostgreSQL lock the referrals' rows in the same order and cannot deadlock.
+            for event in sorted(events, key=_referral_of):
+                if self._insert(db, event):
+                    added += 1
+                    touched[event.referral_id] = None
+            for referral_id in touched:
+                self._refresh(db, referral_id)
+        return added
+
+    def _insert(self, db: _Db, event: TraceEvent) -> bool:
+        # The referral's row first: in PostgreSQL it locks the referral, so two writers of one
+        # referral's events (a rebuild while the service runs) fold one after the other.
+        db.execute(
+            "INSERT INTO trace_referrals (referral_id, listed_at) VALUES (?, ?)"
+            " ON CONFLICT (referral_id) DO UPDATE SET listed_at = trace_referrals.listed_at",
+            (event.referral_id, self._db_time(event.received_at or event.occurred_at)),
+        )
+        added = db.execute(
+            "INSERT INTO trace_events"
+            " (event_id, referral_id, event_type, occurred_at, trace_id, record)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+            (
+                event.event_id,
+                event.referral_id,
+                event.event_type,
+                self._db_time(event.occurred_at),
+                event.trace_id,
+                event_to_json(event),
+            ),
+        )
+        return added == 1
 
     def _refresh(self, db: _Db, referral_id: str) -> None:
         """Recompute the referral's derived rows from all its events."""

@@ -367,11 +367,23 @@ class ObservingConsumer(EventConsumer):
         raise StoreWriteFailed(f"cannot store {where} after {attempts} attempts: {error}")
 
 
-def store_record(store: TraceStore, consumed: ConsumedEvent) -> None:
-    """The handler: keep what the timeline needs of one consumed record."""
-    event = trace_event_of(consumed.topic, consumed.envelope, consumed.event, consumed.headers)
-    if event is not None:
-        store.append(event)
+class BatchWriter:
+    """The handler collects what the timeline needs of each consumed record; the batch is
+    stored in one transaction before its offsets are committed."""
+
+    def __init__(self, store: TraceStore) -> None:
+        self._store = store
+        self._pending: list[TraceEvent] = []
+
+    def collect(self, consumed: ConsumedEvent) -> None:
+        event = trace_event_of(consumed.topic, consumed.envelope, consumed.event, consumed.headers)
+        if event is not None:
+            self._pending.append(event)
+
+    def write(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            self._store.append_many(pending)
 
 
 def rebuild(
@@ -404,6 +416,7 @@ def rebuild(
         while any(consumer.position(tp) < end for tp, end in ends.items()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the replay did not reach the end in {timeout:.0f}s")
+            batch: list[TraceEvent] = []
             for partition, records in consumer.poll(timeout_ms=500).items():
                 for record in records:
                     if record.offset >= ends[partition]:
@@ -415,7 +428,9 @@ def rebuild(
                         continue
                     trace_event = trace_event_of(record.topic, envelope, event, record.headers)
                     if trace_event is not None:
-                        store.append(trace_event)
+                        batch.append(trace_event)
+            if batch:
+                store.append_many(batch)
     finally:
         consumer.close()
     return read
@@ -463,7 +478,8 @@ def main(argv: Sequence[str] = ()) -> int:
     )
     log.info("trace store %s; query API on %s", store.description, config.query_grpc_address())
     try:
-        consumer.run(lambda consumed: store_record(store, consumed), stop)
+        writer = BatchWriter(store)
+        consumer.run(writer.collect, stop, after_batch=writer.write)
     finally:
         server.stop()
         publisher.close()
