@@ -90,3 +90,28 @@ def policy_path() -> Path | None:
     """Routing and release policy file (`CTROUTE_POLICY`); unset means the shipped default."""
     value = os.environ.get("CTROUTE_POLICY")
     return Path(value) if value else None
+
+
+def kafka_security_protocol() -> str:
+    """How clients connect to Kafka (`CTROUTE_KAFKA_SECURITY_PROTOCOL`): `PLAINTEXT` (the
+    default, local tests), `SASL_PLAINTEXT` or `SASL_SSL` (SCRAM-SHA-512 authentication)."""
+    return os.environ.get("CTROUTE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+
+
+def kafka_sasl_username() -> str:
+    """The principal this process authenticates to Kafka as (`CTROUTE_KAFKA_SASL_USERNAME`),
+    e.g. `svc-router` or `partner-hsi`."""
+    return os.environ.get("CTROUTE_KAFKA_SASL_USERNAME", "")
+
+
+def kafka_sasl_password() -> str:
+    """That principal's SCRAM password (`CTROUTE_KAFKA_SASL_PASSWORD`)."""
+    return os.environ.get("CTROUTE_KAFKA_SASL_PASSWORD", "")
+
+
+def intake_tls_dir() -> Path | None:
+    """Folder with the intake's TLS files (`CTROUTE_INTAKE_TLS_DIR`): `ca.pem` (the authority
+    that signs component systems' client certificates), `server.pem` and `server-key.pem`.
+    Unset means a plaintext intake that trusts the request's source: local test fixtures only."""
+    value = os.environ.get("CTROUTE_INTAKE_TLS_DIR")
+    return Path(value) if value else None
