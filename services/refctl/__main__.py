@@ -1,4 +1,4 @@
-"""refctl: submit referrals, watch a partner's inbox, and (later) trace, audit and manage.
+"""refctl: submit referrals, watch a partner's inbox, trace, audit, and manage partners.
 
 Output is for people: one line per thing that happened, errors that say what to do next.
 """
@@ -15,7 +15,15 @@ from google.protobuf import json_format
 
 from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc
 from plumbing import config
-from refctl import audit_cmd, consent_cmd, dlq_cmd, policy_cmd, status_cmd, trace_cmd
+from refctl import (
+    audit_cmd,
+    consent_cmd,
+    dlq_cmd,
+    partner_cmd,
+    policy_cmd,
+    status_cmd,
+    trace_cmd,
+)
 from refctl.output import explain_rpc_error, fail
 
 
@@ -88,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd.register(commands)
     trace_cmd.register(commands)
     audit_cmd.register(commands)
+    partner_cmd.register(commands)
     return parser
 
 
