@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -80,7 +80,11 @@ class ServiceStack:
         partner_grpc_address: str | None = None,
         query_grpc_address: str | None = None,
         victim_services_grpc_address: str | None = None,
+        service_env: dict[str, dict[str, str]] | None = None,
+        admin_settings: dict[str, Any] | None = None,
     ) -> None:
+        """`service_env` adds variables for one service (by name: its Kafka credentials);
+        `admin_settings` are the kafka-python security settings readiness checks use."""
         self.bootstrap_servers = bootstrap_servers
         self.grpc_address = grpc_address
         self.partner_grpc_address = partner_grpc_address or f"127.0.0.1:{free_port()}"
@@ -102,6 +106,8 @@ class ServiceStack:
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
+        self.service_env = service_env or {}
+        self.admin_settings = admin_settings or {}
         self.running: dict[str, RunningService] = {}
 
     def start(self, timeout: float = 90) -> None:
@@ -118,7 +124,7 @@ class ServiceStack:
         log_file = log_path.open("ab")
         process = subprocess.Popen(
             [*orphan_guard_prefix(), sys.executable, "-m", *spec.module_args],
-            env=self.env,
+            env={**self.env, **self.service_env.get(spec.name, {})},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -159,7 +165,9 @@ class ServiceStack:
                     return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
         assert spec.consumer_group is not None
-        return consumer_group_assigned(self.bootstrap_servers, spec.consumer_group)
+        return consumer_group_assigned(
+            self.bootstrap_servers, spec.consumer_group, **self.admin_settings
+        )
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Send a signal to one service and wait for it to exit (SIGKILL: a crash)."""
@@ -193,11 +201,13 @@ class ServiceStack:
         self.running.clear()
 
 
-def consumer_group_assigned(bootstrap_servers: str, group: str) -> bool:
+def consumer_group_assigned(bootstrap_servers: str, group: str, **security: Any) -> bool:
     """True when the consumer group is stable with partitions assigned to a member."""
     admin = None
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers, request_timeout_ms=3000, **security
+        )
         description = admin.describe_groups([group]).get(group) or {}
         if description.get("group_state") != "Stable":
             return False
