@@ -110,8 +110,25 @@ def kafka_sasl_password() -> str:
 
 
 def intake_tls_dir() -> Path | None:
-    """Folder with the intake's TLS files (`CTROUTE_INTAKE_TLS_DIR`): `ca.pem` (the authority
-    that signs component systems' client certificates), `server.pem` and `server-key.pem`.
-    Unset means a plaintext intake that trusts the request's source: local test fixtures only."""
+    """Folder with the intake's TLS files (`CTROUTE_INTAKE_TLS_DIR`): the server has
+    `server.pem` and `server-key.pem`, clients `ca.pem` (the authority they trust). Unset means
+    a plaintext intake that trusts the request's source: local test fixtures only."""
     value = os.environ.get("CTROUTE_INTAKE_TLS_DIR")
+    return Path(value) if value else None
+
+
+def intake_trusted_keys_dir() -> Path:
+    """The component systems the intake accepts (`CTROUTE_INTAKE_TRUSTED_KEYS`): one Ed25519
+    public key per system, `<system id>.pub`; default `trusted-keys` in the TLS folder."""
+    value = os.environ.get("CTROUTE_INTAKE_TRUSTED_KEYS")
+    if value:
+        return Path(value)
+    tls_dir = intake_tls_dir()
+    return (tls_dir or Path(".run/secrets/intake")) / "trusted-keys"
+
+
+def intake_signing_key() -> Path | None:
+    """A component system's private key (`CTROUTE_INTAKE_KEY`, `<system id>.key`): `refctl
+    submit` signs its token with it, as that system."""
+    value = os.environ.get("CTROUTE_INTAKE_KEY")
     return Path(value) if value else None
