@@ -15,6 +15,8 @@ from google.protobuf import json_format
 
 from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc
 from plumbing import config
+from plumbing.grpc_auth import authenticated_channel
+from plumbing.tokens import issue_token, load_signing_key
 from refctl import (
     audit_cmd,
     consent_cmd,
@@ -25,6 +27,22 @@ from refctl import (
     trace_cmd,
 )
 from refctl.output import explain_rpc_error, fail
+
+
+def _intake_channel(address: str) -> grpc.Channel:
+    """TLS with a token signed by the system's key when CTROUTE_INTAKE_TLS_DIR is set (the
+    intake's `ca.pem` is trusted, CTROUTE_INTAKE_KEY signs as `<system>.key`)."""
+    tls_dir = config.intake_tls_dir()
+    if tls_dir is None:
+        return grpc.insecure_channel(address)
+    key_path = config.intake_signing_key()
+    if key_path is None:
+        raise ValueError(
+            "CTROUTE_INTAKE_TLS_DIR is set but CTROUTE_INTAKE_KEY is not: point it at your "
+            "system's private key (<system id>.key)"
+        )
+    token = issue_token(key_path.stem, load_signing_key(key_path))
+    return authenticated_channel(address, (tls_dir / "ca.pem").read_bytes(), token)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -41,7 +59,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             f"{path} is not a SubmitReferralRequest in protobuf's JSON mapping: {error}\n"
             '  expected {"referral": {"source": ..., "sourceReference": ..., ...}}'
         )
-    with grpc.insecure_channel(args.address) as channel:
+    try:
+        channel = _intake_channel(args.address)
+    except (OSError, ValueError) as error:
+        return fail(f"cannot load the intake credentials: {error}")
+    with channel:
         stub = intake_pb2_grpc.ReferralIntakeServiceStub(channel)
         try:
             response = stub.SubmitReferral(request, timeout=args.timeout)

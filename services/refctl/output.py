@@ -29,9 +29,19 @@ def explain_rpc_error(error: grpc.RpcError) -> str:
                     f"  - {v.field or '(request)'}: {v.description}"
                     for v in bad_request.field_violations
                 ]
+    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+        lines.append(
+            "  set CTROUTE_INTAKE_TLS_DIR (the folder with the intake's ca.pem) and "
+            "CTROUTE_INTAKE_KEY (your system's <system id>.key)"
+        )
     if error.code() == grpc.StatusCode.UNAVAILABLE:
         lines.append(
             f"  is the referral service running at {config.grpc_address()}? "
             "(start it with `make run`, or set REFERRAL_GRPC_ADDR)"
         )
+        if config.intake_tls_dir() is None:
+            lines.append(
+                "  if it speaks TLS (as under `make run`), set CTROUTE_INTAKE_TLS_DIR and "
+                "CTROUTE_INTAKE_KEY"
+            )
     return "\n".join(lines)

@@ -82,8 +82,8 @@ class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
             log.warning("refused a request from %s naming another source", caller)
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"authenticated as {caller}: a system may only submit, amend or withdraw "
-                f"as itself (source {caller!r})",
+                f"authenticated as {caller} but the request's source is {source!r}: a system "
+                "may only submit, amend or withdraw as itself",
             )
 
     def _publish(self, context: grpc.ServicerContext, key: str, event: Message) -> None:
