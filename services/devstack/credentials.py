@@ -46,7 +46,8 @@ def write_secret(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def _password(secrets_dir: Path, principal: str) -> str:
+def service_password(secrets_dir: Path, principal: str) -> str:
+    """The principal's password kept in `secrets_dir`, created (0600) on first use."""
     path = secrets_dir / f"{principal}.password"
     if not path.is_file():
         write_secret(path, kafka_access.new_password())
@@ -57,7 +58,7 @@ def provision_services(admin: Any, partners: list[str], secrets_dir: Path) -> di
     """Give every service principal its password and ACLs for `partners`; by principal."""
     credentials: dict[str, Credential] = {}
     for principal, grants in access.system_grants(partners).items():
-        credential = Credential(principal, _password(secrets_dir, principal))
+        credential = Credential(principal, service_password(secrets_dir, principal))
         kafka_access.set_password(admin, principal, credential.password)
         kafka_access.grant(admin, principal, grants)
         credentials[principal] = credential

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaAdminClient
 
 from devstack.broker import free_port, orphan_guard_prefix
+from plumbing.grpc_auth import authenticated_channel
 
 
 class ServiceFailed(RuntimeError):
@@ -82,9 +83,11 @@ class ServiceStack:
         victim_services_grpc_address: str | None = None,
         service_env: dict[str, dict[str, str]] | None = None,
         admin_settings: dict[str, Any] | None = None,
+        intake_ca: bytes | None = None,
     ) -> None:
         """`service_env` adds variables for one service (by name: its Kafka credentials);
-        `admin_settings` are the kafka-python security settings readiness checks use."""
+        `admin_settings` are the kafka-python security settings readiness checks use;
+        `intake_ca` is the authority to trust when the intake speaks TLS."""
         self.bootstrap_servers = bootstrap_servers
         self.grpc_address = grpc_address
         self.partner_grpc_address = partner_grpc_address or f"127.0.0.1:{free_port()}"
@@ -108,6 +111,7 @@ class ServiceStack:
         }
         self.service_env = service_env or {}
         self.admin_settings = admin_settings or {}
+        self.intake_ca = intake_ca
         self.running: dict[str, RunningService] = {}
 
     def start(self, timeout: float = 90) -> None:
@@ -156,7 +160,7 @@ class ServiceStack:
 
     def _is_ready(self, spec: ServiceSpec) -> bool:
         if spec.grpc_health:
-            with grpc.insecure_channel(self.grpc_address) as channel:
+            with self._intake_channel() as channel:
                 try:
                     reply = health_pb2_grpc.HealthStub(channel).Check(
                         health_pb2.HealthCheckRequest(service=""), timeout=1
@@ -168,6 +172,11 @@ class ServiceStack:
         return consumer_group_assigned(
             self.bootstrap_servers, spec.consumer_group, **self.admin_settings
         )
+
+    def _intake_channel(self) -> grpc.Channel:
+        if self.intake_ca is None:
+            return grpc.insecure_channel(self.grpc_address)
+        return authenticated_channel(self.grpc_address, self.intake_ca, None)
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Send a signal to one service and wait for it to exit (SIGKILL: a crash)."""
