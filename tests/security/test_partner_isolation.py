@@ -29,14 +29,19 @@ def _delivery(partner: str) -> delivery_pb2.PartnerDelivery:
     return delivery
 
 
-def _deliver(secure_kafka: SecureKafka, delivery: delivery_pb2.PartnerDelivery) -> None:
-    """Publish a delivery as the router does: authenticated as svc-router from the environment."""
+def _deliver(
+    secure_kafka: SecureKafka, delivery: delivery_pb2.PartnerDelivery, topic: str | None = None
+) -> None:
+    """Publish a delivery as the router does: authenticated as svc-router from the environment,
+    to the addressee's inbox unless `topic` says otherwise."""
     with pytest.MonkeyPatch.context() as env:
         for key, value in secure_kafka.services["svc-router"].env().items():
             env.setenv(key, value)
         publisher = EventPublisher(secure_kafka.bootstrap, source="referral-router")
     try:
-        publisher.publish(topics.inbox(delivery.partner), "k", delivery).get(timeout=DEADLINE_S)
+        publisher.publish(topic or topics.inbox(delivery.partner), "k", delivery).get(
+            timeout=DEADLINE_S
+        )
     finally:
         publisher.close()
 
