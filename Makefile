@@ -39,6 +39,7 @@ setup: $(STAMP) kafka-jars
 
 generate: $(STAMP)
 	@$(PY) -m devstack.codegen generate
+	@$(PY) -m devstack.descriptors
 
 check-generated: $(STAMP)
 	@$(PY) -m devstack.codegen check
