@@ -127,6 +127,30 @@ def intake_trusted_keys_dir() -> Path:
     return (tls_dir or Path(".run/secrets/intake")) / "trusted-keys"
 
 
+def partner_api_tls_dir() -> Path | None:
+    """Folder with the partner status API's TLS files (`CTROUTE_PARTNER_API_TLS_DIR`), laid out
+    like the intake's. Unset means plaintext, trusting the partner named in a request: local
+    test fixtures only."""
+    value = os.environ.get("CTROUTE_PARTNER_API_TLS_DIR")
+    return Path(value) if value else None
+
+
+def partner_api_trusted_keys_dir() -> Path:
+    """The partners the status API accepts (`CTROUTE_PARTNER_API_TRUSTED_KEYS`): one Ed25519
+    public key per partner, `<partner id>.pub`; default `trusted-keys` in its TLS folder."""
+    value = os.environ.get("CTROUTE_PARTNER_API_TRUSTED_KEYS")
+    if value:
+        return Path(value)
+    return (partner_api_tls_dir() or Path(".run/secrets/partner-api")) / "trusted-keys"
+
+
+def partner_signing_key() -> Path | None:
+    """A partner's private key (`CTROUTE_PARTNER_KEY`, `<partner id>.key`): `refctl ack` and
+    `refctl status` sign their token with it, as that partner."""
+    value = os.environ.get("CTROUTE_PARTNER_KEY")
+    return Path(value) if value else None
+
+
 def intake_signing_key() -> Path | None:
     """A component system's private key (`CTROUTE_INTAKE_KEY`, `<system id>.key`): `refctl
     submit` signs its token with it, as that system."""

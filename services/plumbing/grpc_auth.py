@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from plumbing.tokens import InvalidToken, TokenVerifier
+from plumbing.tokens import InvalidToken, TokenVerifier, issue_token, load_signing_key
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,20 @@ class ServerTls:
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials([(self.private_key, self.certificate_chain)])
+
+
+def client_channel(
+    address: str, tls_dir: Path | None, key_path: Path | None, *, audience: str, key_setting: str
+) -> grpc.Channel:
+    """The channel a command-line client opens: plaintext without `tls_dir` (local test
+    fixtures); else TLS trusting `tls_dir/ca.pem`, with a token signed by `key_path` as the
+    identity its file name names (`<id>.key`). `key_setting` names the variable to set."""
+    if tls_dir is None:
+        return grpc.insecure_channel(address)
+    if key_path is None:
+        raise ValueError(f"the API speaks TLS: set {key_setting} to your <id>.key file")
+    token = issue_token(key_path.stem, load_signing_key(key_path), audience=audience)
+    return authenticated_channel(address, (tls_dir / "ca.pem").read_bytes(), token)
 
 
 def authenticated_channel(address: str, ca_pem: bytes, token: str | None) -> grpc.Channel:

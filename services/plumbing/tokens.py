@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 INTAKE_AUDIENCE = "ctroute-intake"
+PARTNER_API_AUDIENCE = "ctroute-partner-api"
 DEFAULT_LIFETIME_S = 3600
 _MAX_TOKEN_CHARS = 2048
 _SYSTEM_ID = re.compile(r"^[a-z][a-z0-9-]{1,62}$")

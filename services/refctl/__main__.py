@@ -15,8 +15,8 @@ from google.protobuf import json_format
 
 from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc
 from plumbing import config
-from plumbing.grpc_auth import authenticated_channel
-from plumbing.tokens import issue_token, load_signing_key
+from plumbing.grpc_auth import client_channel
+from plumbing.tokens import INTAKE_AUDIENCE
 from refctl import (
     audit_cmd,
     consent_cmd,
@@ -32,17 +32,13 @@ from refctl.output import explain_rpc_error, fail
 def _intake_channel(address: str) -> grpc.Channel:
     """TLS with a token signed by the system's key when CTROUTE_INTAKE_TLS_DIR is set (the
     intake's `ca.pem` is trusted, CTROUTE_INTAKE_KEY signs as `<system>.key`)."""
-    tls_dir = config.intake_tls_dir()
-    if tls_dir is None:
-        return grpc.insecure_channel(address)
-    key_path = config.intake_signing_key()
-    if key_path is None:
-        raise ValueError(
-            "CTROUTE_INTAKE_TLS_DIR is set but CTROUTE_INTAKE_KEY is not: point it at your "
-            "system's private key (<system id>.key)"
-        )
-    token = issue_token(key_path.stem, load_signing_key(key_path))
-    return authenticated_channel(address, (tls_dir / "ca.pem").read_bytes(), token)
+    return client_channel(
+        address,
+        config.intake_tls_dir(),
+        config.intake_signing_key(),
+        audience=INTAKE_AUDIENCE,
+        key_setting="CTROUTE_INTAKE_KEY",
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
