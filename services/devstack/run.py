@@ -29,7 +29,7 @@ from devstack.credentials import (
     write_env_file,
 )
 from devstack.stack import ServiceFailed, ServiceStack
-from devstack.tls import COMPONENT_SYSTEMS, IntakeCredentials, ensure_intake_credentials
+from devstack.tls import COMPONENT_SYSTEMS, ApiCredentials, ensure_api_credentials
 from devstack.watch import ReferralNarrator, follow
 from plumbing import access, config, topics
 from plumbing.grpc_auth import authenticated_channel
@@ -45,7 +45,7 @@ def submit_demo(
     demo_dir: Path,
     run_tag: str,
     narrator: ReferralNarrator,
-    intake: IntakeCredentials,
+    intake: ApiCredentials,
 ) -> None:
     """Submit each demo referral once per run (the run tag keeps source references unique),
     as its source system, waiting for each to be acknowledged by all its partners so the story
@@ -74,9 +74,10 @@ def _service_credentials(folder: Path) -> dict[str, Credential]:
 
 
 def _service_env(
-    credentials: dict[str, Credential], intake: IntakeCredentials
+    credentials: dict[str, Credential], intake: ApiCredentials, partner_api: ApiCredentials
 ) -> dict[str, dict[str, str]]:
-    """Each service authenticates to Kafka as its own principal; the intake also serves TLS."""
+    """Each service authenticates to Kafka as its own principal; the intake and the tracker's
+    partner status API also serve TLS and check their callers' tokens."""
     env = {
         service: credentials[principal].env()
         for principal, service in access.SERVICE_OF_PRINCIPAL.items()
@@ -84,6 +85,10 @@ def _service_env(
     env["referral-intake"].update(
         CTROUTE_INTAKE_TLS_DIR=str(intake.folder),
         CTROUTE_INTAKE_TRUSTED_KEYS=str(intake.trusted_keys),
+    )
+    env["referral-tracker"].update(
+        CTROUTE_PARTNER_API_TLS_DIR=str(partner_api.folder),
+        CTROUTE_PARTNER_API_TRUSTED_KEYS=str(partner_api.trusted_keys),
     )
     return env
 
@@ -112,9 +117,10 @@ def main() -> int:
         json_format.Parse(path.read_text(), intake_pb2.SubmitReferralRequest()).referral.source
         for path in sorted((root / "deploy" / "demo").glob("*.json"))
     )
-    intake = ensure_intake_credentials(
+    intake = ensure_api_credentials(
         secrets / "intake", tuple(sorted({*COMPONENT_SYSTEMS, *demo_sources}))
     )
+    partner_api = ensure_api_credentials(secrets / "partner-api", tuple(sorted(policy.partners)))
     credentials = _service_credentials(secrets / "kafka")
     stack = ServiceStack(
         bootstrap_servers=broker.bootstrap_servers,
@@ -126,7 +132,7 @@ def main() -> int:
         trace_dir=run_dir / "traces",
         log_dir=run_dir / "logs",
         progress=say,
-        service_env=_service_env(credentials, intake),
+        service_env=_service_env(credentials, intake, partner_api),
         # Readiness checks describe the services' consumer groups: the broker's admin does.
         admin_settings={
             key: value
@@ -159,12 +165,8 @@ def main() -> int:
         run_tag = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         submit_demo(grpc_address, root / "deploy" / "demo", run_tag, narrator, intake)
         say(
-            "demo fed. The system keeps running. In another terminal, as an operator: "
-            "`. .venv/bin/activate; set -a; . .run/secrets/kafka/svc-refctl.env; set +a`, then "
-            "e.g. `refctl tail hsi` or `refctl partner add ngo-gulf-coast`; submit as a system "
-            "with `CTROUTE_INTAKE_TLS_DIR=.run/secrets/intake CTROUTE_INTAKE_KEY="
-            ".run/secrets/intake/systems/cbp-eallegations.key refctl submit "
-            "deploy/demo/03-forced-labor-goods.json`. Ctrl-C stops everything."
+            "demo fed. The system keeps running: README.md (Security) shows refctl against it, "
+            "with the credentials in .run/secrets. Ctrl-C stops everything."
         )
         while not stop.is_set():
             for name, service in stack.running.items():

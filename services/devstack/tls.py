@@ -1,15 +1,16 @@
-"""Local TLS material and component-system keys for the intake, generated when missing.
+"""Local TLS material and caller keys for the gRPC APIs, generated when missing.
 
-`make run` and the security tests call :func:`ensure_intake_credentials` on a folder (for
-`make run`: `.run/secrets/intake`, git-ignored). Layout:
+`make run` and the security tests call :func:`ensure_api_credentials` on a folder per API (for
+`make run`: `.run/secrets/intake` with a key per component system, `.run/secrets/partner-api`
+with a key per partner; git-ignored). Layout:
 
     ca.pem, ca-key.pem            a local certificate authority (key 0600)
-    server.pem, server-key.pem    the intake's certificate for localhost/127.0.0.1 (key 0600)
-    trusted-keys/<system>.pub     what the intake accepts: one public key per component system
-    systems/<system>.key          each system's private key (0600), which signs its tokens
+    server.pem, server-key.pem    the API's certificate for localhost/127.0.0.1 (key 0600)
+    trusted-keys/<id>.pub         whom the API accepts: one public key per caller
+    systems/<id>.key              each caller's private key (0600), which signs its tokens
 
-A real deployment gets its certificate from its own authority and each system keeps its own
-private key; the intake only ever needs the public keys.
+A real deployment gets its certificate from its own authority and each caller keeps its own
+private key; the API only ever needs the public keys.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from devstack.credentials import write_secret
 from plumbing.tokens import (
+    INTAKE_AUDIENCE,
     issue_token,
     load_signing_key,
     new_signing_key,
@@ -51,7 +53,7 @@ _VALIDITY = datetime.timedelta(days=365)
 
 
 @dataclass(frozen=True)
-class IntakeCredentials:
+class ApiCredentials:
     """Where the generated files are, and tokens for the local systems."""
 
     folder: Path
@@ -67,9 +69,9 @@ class IntakeCredentials:
     def key_path(self, system: str) -> Path:
         return self.folder / "systems" / f"{system}.key"
 
-    def token(self, system: str) -> str:
-        """A fresh token for a local system (its key must exist)."""
-        return issue_token(system, load_signing_key(self.key_path(system)))
+    def token(self, caller: str, audience: str = INTAKE_AUDIENCE) -> str:
+        """A fresh token for a local caller (its key must exist)."""
+        return issue_token(caller, load_signing_key(self.key_path(caller)), audience=audience)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -140,13 +142,13 @@ def _ensure_certificates(folder: Path) -> None:
     (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
 
 
-def ensure_intake_credentials(
+def ensure_api_credentials(
     folder: Path, systems: tuple[str, ...] = COMPONENT_SYSTEMS
-) -> IntakeCredentials:
-    """Create what is missing in `folder`: certificates, and a key pair per system."""
+) -> ApiCredentials:
+    """Create what is missing in `folder`: certificates, and a key pair per caller."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     _ensure_certificates(folder)
-    credentials = IntakeCredentials(folder)
+    credentials = ApiCredentials(folder)
     credentials.trusted_keys.mkdir(exist_ok=True)
     for system in systems:
         private = credentials.key_path(system)

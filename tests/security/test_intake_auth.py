@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import json_format
 
 from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc, lifecycle_pb2
-from devstack.tls import IntakeCredentials, ensure_intake_credentials
+from devstack.tls import ApiCredentials, ensure_api_credentials
 from plumbing import topics
 from plumbing.grpc_auth import ServerTls, TokenAuthenticator, authenticated_channel
 from plumbing.grpc_server import TracingInterceptor, start_grpc_server
@@ -39,7 +39,7 @@ TIMEOUT_S = 30.0
 @dataclass(frozen=True)
 class SecureIntake:
     address: str
-    credentials: IntakeCredentials
+    credentials: ApiCredentials
 
     def stub(self, token: str | None) -> intake_pb2_grpc.ReferralIntakeServiceStub:
         channel = authenticated_channel(self.address, self.credentials.ca_pem, token)
@@ -50,7 +50,7 @@ class SecureIntake:
 def secure_intake(
     secure_kafka: SecureKafka, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SecureIntake]:
-    credentials = ensure_intake_credentials(tmp_path_factory.mktemp("intake-tls"), SYSTEMS)
+    credentials = ensure_api_credentials(tmp_path_factory.mktemp("intake-tls"), SYSTEMS)
     with pytest.MonkeyPatch.context() as env:
         for key, value in secure_kafka.services["svc-intake"].env().items():
             env.setenv(key, value)
@@ -168,7 +168,7 @@ def test_an_expired_token_is_unauthenticated(secure_intake: SecureIntake) -> Non
 def test_the_intake_speaks_only_tls_with_its_own_certificate(
     secure_intake: SecureIntake, tmp_path: Path
 ) -> None:
-    other_ca = ensure_intake_credentials(tmp_path / "other", ()).ca_pem
+    other_ca = ensure_api_credentials(tmp_path / "other", ()).ca_pem
     token = secure_intake.credentials.token("hsi-tipline")
     plaintext = intake_pb2_grpc.ReferralIntakeServiceStub(
         grpc.insecure_channel(secure_intake.address)
