@@ -39,9 +39,8 @@ def explain_rpc_error(error: grpc.RpcError) -> str:
             f"  is the referral service running at {config.grpc_address()}? "
             "(start it with `make run`, or set REFERRAL_GRPC_ADDR)"
         )
-        if config.intake_tls_dir() is None:
-            lines.append(
-                "  if it speaks TLS (as under `make run`), set CTROUTE_INTAKE_TLS_DIR and "
-                "CTROUTE_INTAKE_KEY"
-            )
+        lines.append(
+            "  under `make run` the APIs speak TLS: set their TLS folder and your key "
+            "(README.md, Security)"
+        )
     return "\n".join(lines)
