@@ -41,6 +41,7 @@ setup: $(STAMP) kafka-jars
 
 generate: $(STAMP)
 	@$(PY) -m devstack.codegen generate
+	@$(PY) -m devstack.descriptors
 
 manifests: $(STAMP)
 	@$(PY) -m devstack.kafka_resources write

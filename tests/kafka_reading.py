@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 from kafka import KafkaConsumer, TopicPartition
@@ -35,10 +36,16 @@ def read_until(
     want: Callable[[list[LandedRecord]], bool],
     keep: Callable[[LandedRecord], bool] = lambda _record: True,
     timeout: float = 30,
+    security: dict[str, Any] | None = None,
 ) -> list[LandedRecord]:
-    """Read the topics from the beginning until `want(kept records)` holds; fail at the deadline."""
+    """Read the topics from the beginning until `want(kept records)` holds; fail at the deadline.
+
+    `security` are kafka-python settings for an authenticated broker."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, isolation_level="read_committed"
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        isolation_level="read_committed",
+        **(security or {}),
     )
     try:
         partitions = [

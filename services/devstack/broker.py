@@ -49,6 +49,9 @@ from kafka.errors import (
     TopicAlreadyExistsError,
 )
 
+from plumbing.access import ADMIN_PRINCIPAL
+from plumbing.kafka import SASL_MECHANISM, sasl_settings
+from plumbing.kafka_access import new_password
 from plumbing.topics import configs as topic_configs
 
 __all__ = [
@@ -355,7 +358,12 @@ class EmbeddedKafka:
     formatted only when ``data/meta.properties`` does not exist yet, so starting again on the
     same ``data_dir`` keeps topics, records and committed offsets.
 
-    ``sasl=True`` is reserved for a SASL/SCRAM listener mode and not implemented yet.
+    ``sasl=True`` makes it an authenticated broker with ACLs: clients connect over
+    SASL_PLAINTEXT with SCRAM-SHA-512, the controller listener uses SASL/PLAIN, Kafka's
+    StandardAuthorizer denies whatever no ACL allows, and the bootstrap principal ``admin`` (the
+    only super user) gets a random password kept in ``admin.password`` (mode 0600) beside the
+    storage, so a restart on the same ``data_dir`` authenticates again. :meth:`client_config`
+    then carries the admin's credentials.
     """
 
     def __init__(
@@ -368,8 +376,6 @@ class EmbeddedKafka:
         sasl: bool = False,
         progress: Progress | None = None,
     ) -> None:
-        if sasl:
-            raise NotImplementedError("EmbeddedKafka: SASL/SCRAM mode is not implemented yet")
         if port == controller_port:
             raise ValueError(f"port and controller_port must differ (both {port})")
         self.data_dir: Final = Path(data_dir).resolve()
@@ -382,6 +388,7 @@ class EmbeddedKafka:
         self._cluster_id: str | None = None
         self._server_log_offset = 0
         self._stdout_log_offset = 0
+        self._admin_password: str | None = None
 
     def __repr__(self) -> str:
         state = f"pid {self._process.pid}" if self._process is not None else "stopped"
@@ -421,12 +428,69 @@ class EmbeddedKafka:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def admin_password_path(self) -> Path:
+        """The super user's password (SASL mode), readable by this user only."""
+        return self.data_dir / "admin.password"
+
+    def admin_password(self) -> str:
+        """The super user's password (SASL mode), created on first use."""
+        if self._admin_password is None:
+            path = self.admin_password_path
+            if not path.is_file():
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(new_password())
+            self._admin_password = path.read_text(encoding="utf-8").strip()
+        return self._admin_password
+
     def client_config(self) -> dict[str, Any]:
-        """Connection settings for kafka-python/aiokafka clients (SASL settings will go here)."""
-        return {"bootstrap_servers": self.bootstrap_servers}
+        """Connection settings for kafka-python clients: the super user's, in SASL mode."""
+        config: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
+        if self.sasl:
+            config.update(sasl_settings(ADMIN_PRINCIPAL, self.admin_password()))
+        return config
 
     def server_properties(self) -> dict[str, str]:
         """The broker configuration written to ``server.properties`` on each start."""
+        properties = self._plaintext_properties()
+        if self.sasl:
+            properties.update(self._sasl_properties())
+        return properties
+
+    def _sasl_properties(self) -> dict[str, str]:
+        password = self.admin_password()
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        return {
+            "listeners": (
+                f"SASL_PLAINTEXT://127.0.0.1:{self.port},"
+                f"CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": (
+                "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT"
+            ),
+            "sasl.enabled.mechanisms": SASL_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SASL_MECHANISM,
+            f"listener.name.sasl_plaintext.{SASL_MECHANISM.lower()}.sasl.jaas.config": (
+                f'{scram} required username="{ADMIN_PRINCIPAL}" password="{password}";'
+            ),
+            # SCRAM is not available on the KRaft controller listener: PLAIN, admin only.
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": (
+                f'{plain} required username="{ADMIN_PRINCIPAL}" password="{password}" '
+                f'user_{ADMIN_PRINCIPAL}="{password}";'
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{ADMIN_PRINCIPAL}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
+    def _plaintext_properties(self) -> dict[str, str]:
         return {
             "process.roles": "broker,controller",
             "node.id": "1",
@@ -469,18 +533,26 @@ class EmbeddedKafka:
         java = _java()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(
-            "# Written by devstack.broker on every start; edits are overwritten.\n"
-            + "".join(f"{key}={value}\n" for key, value in self.server_properties().items()),
-            encoding="utf-8",
-        )
+        meta = self.storage_dir / "meta.properties"
+        fresh = not meta.is_file()
+        if self.sasl and not fresh and not self.admin_password_path.is_file():
+            raise BrokerError(
+                f"the storage in {self.storage_dir} was formatted without SASL, so it has no "
+                f"admin credential: remove {self.data_dir} and start again"
+            )
+        # The file holds passwords in SASL mode: only this user may read it.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(
+                "# Written by devstack.broker on every start; edits are overwritten.\n"
+                + "".join(f"{key}={value}\n" for key, value in self.server_properties().items())
+            )
         server_log = self.logs_dir / "server.log"
         stdout_log = self.logs_dir / "broker.out"
         self._server_log_offset = _file_size(server_log)
         self._stdout_log_offset = _file_size(stdout_log)
 
-        meta = self.storage_dir / "meta.properties"
-        fresh = not meta.is_file()
         if fresh:
             self._format(java, lib, deadline)
         self._cluster_id = _read_properties(meta).get("cluster.id")
@@ -613,6 +685,9 @@ class EmbeddedKafka:
             "--config",
             str(self.config_path),
         ]
+        if self.sasl:
+            admin = f"name={ADMIN_PRINCIPAL},password={self.admin_password()}"
+            command += ["--add-scram", f"{SASL_MECHANISM}=[{admin}]"]
         try:
             result = subprocess.run(
                 command,

@@ -1,5 +1,6 @@
-"""The two jobs `make run` does itself that need a process of their own under docker compose:
-`python -m devstack.containers create-topics` (the one-shot init container) and
+"""The jobs `make run` does itself that need a process of their own under docker compose:
+`python -m devstack.containers create-topics` and `... credentials` (one-shot init containers:
+the topics; the APIs' TLS certificates and the callers' keys) and
 `python -m devstack.containers demo` (feeds the demo referrals and narrates them).
 
 `make run` starts its own broker (devstack.run); these run against the broker and services
@@ -20,6 +21,7 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from devstack.run import say, submit_demo
+from devstack.tls import ApiCredentials, ensure_api_credentials
 from devstack.watch import follow
 from plumbing import config, topics
 from plumbing.kafka import security_settings
@@ -64,14 +66,26 @@ def create_topics(bootstrap_servers: str, replication_factor: int, timeout: floa
     return 0
 
 
-def run_demo(demo_dir: Path) -> int:
+def make_credentials(folder: Path, hostnames: list[str]) -> int:
+    """The intake's and the partner status API's TLS files and caller keys, in `folder`
+    (`intake/`, `partner-api/`), kept when they exist: what `make run` makes in .run/secrets."""
+    ensure_api_credentials(folder / "intake", hostnames=tuple(hostnames))
+    policy = load_policy(config.policy_path() or default_policy_path())
+    ensure_api_credentials(
+        folder / "partner-api", tuple(sorted(policy.partners)), hostnames=tuple(hostnames)
+    )
+    say(f"API credentials ready in {folder} (certificates for {', '.join(hostnames) or '-'})")
+    return 0
+
+
+def run_demo(demo_dir: Path, intake: ApiCredentials) -> int:
     """Feed the demo once, then keep narrating until the container is stopped."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
     narrator = follow(config.kafka_bootstrap_servers(), say, stop)
     run_tag = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    submit_demo(config.grpc_address(), demo_dir, run_tag, narrator)
+    submit_demo(config.grpc_address(), demo_dir, run_tag, narrator, intake)
     say("demo fed; narrating until stopped")
     stop.wait()
     return 0
@@ -86,8 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     create = commands.add_parser("create-topics", help="create the topics, then exit")
     create.add_argument("--replication-factor", type=int, default=1)
     create.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    credentials = commands.add_parser(
+        "credentials", help="create the APIs' certificates and the callers' keys, then exit"
+    )
+    credentials.add_argument("--dir", type=Path, required=True, help="where to keep them")
+    credentials.add_argument(
+        "--hostname", action="append", default=[], help="a name the APIs are reached by"
+    )
     demo = commands.add_parser("demo", help="submit the demo referrals and narrate them")
     demo.add_argument("--demo-dir", type=Path, default=Path("deploy/demo"))
+    demo.add_argument(
+        "--credentials", type=Path, required=True, help="the folder `credentials` filled"
+    )
     args = parser.parse_args(argv)
     if args.command == "create-topics":
         try:
@@ -97,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KafkaError as error:
             say(f"creating topics failed: {type(error).__name__}: {error}")
             return 1
-    return run_demo(args.demo_dir)
+    if args.command == "credentials":
+        return make_credentials(args.dir, args.hostname)
+    return run_demo(args.demo_dir, ApiCredentials(args.credentials / "intake"))
 
 
 if __name__ == "__main__":

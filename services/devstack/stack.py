@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kafka import KafkaAdminClient
 
 from devstack.broker import free_port, orphan_guard_prefix
+from plumbing.grpc_auth import authenticated_channel
 
 
 class ServiceFailed(RuntimeError):
@@ -82,7 +83,13 @@ class ServiceStack:
         partner_grpc_address: str | None = None,
         query_grpc_address: str | None = None,
         victim_services_grpc_address: str | None = None,
+        service_env: dict[str, dict[str, str]] | None = None,
+        admin_settings: dict[str, Any] | None = None,
+        intake_ca: bytes | None = None,
     ) -> None:
+        """`service_env` adds variables for one service (by name: its Kafka credentials);
+        `admin_settings` are the kafka-python security settings readiness checks use;
+        `intake_ca` is the authority to trust when the intake speaks TLS."""
         self.bootstrap_servers = bootstrap_servers
         self.grpc_address = grpc_address
         self.partner_grpc_address = partner_grpc_address or f"127.0.0.1:{free_port()}"
@@ -104,6 +111,9 @@ class ServiceStack:
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
+        self.service_env = service_env or {}
+        self.admin_settings = admin_settings or {}
+        self.intake_ca = intake_ca
         self.running: dict[str, RunningService] = {}
         self._starts = 0
 
@@ -125,7 +135,11 @@ class ServiceStack:
         instance_id = f"{spec.name}-{self._starts}"
         process = subprocess.Popen(
             [*orphan_guard_prefix(), sys.executable, "-m", *spec.module_args],
-            env={**self.env, "CTROUTE_INSTANCE_ID": instance_id},
+            env={
+                **self.env,
+                **self.service_env.get(spec.name, {}),
+                "CTROUTE_INSTANCE_ID": instance_id,
+            },
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -158,7 +172,7 @@ class ServiceStack:
     def _is_ready(self, service: RunningService) -> bool:
         spec = service.spec
         if spec.grpc_health:
-            with grpc.insecure_channel(self.grpc_address) as channel:
+            with self._intake_channel() as channel:
                 try:
                     reply = health_pb2_grpc.HealthStub(channel).Check(
                         health_pb2.HealthCheckRequest(service=""), timeout=1
@@ -171,7 +185,13 @@ class ServiceStack:
             self.bootstrap_servers,
             spec.consumer_group,
             member_client_id=f"{spec.consumer_group}-{service.instance_id}",
+            **self.admin_settings,
         )
+
+    def _intake_channel(self) -> grpc.Channel:
+        if self.intake_ca is None:
+            return grpc.insecure_channel(self.grpc_address)
+        return authenticated_channel(self.grpc_address, self.intake_ca, None)
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Send a signal to one service and wait for it to exit (SIGKILL: a crash)."""
@@ -206,13 +226,15 @@ class ServiceStack:
 
 
 def consumer_group_assigned(
-    bootstrap_servers: str, group: str, *, member_client_id: str | None = None
+    bootstrap_servers: str, group: str, *, member_client_id: str | None = None, **security: Any
 ) -> bool:
     """True when the consumer group is stable with partitions assigned to a member (to the
-    member with `member_client_id`, when given)."""
+    member with `member_client_id`, when given); `security` are admin client settings."""
     admin = None
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers, request_timeout_ms=3000, **security
+        )
         description = admin.describe_groups([group]).get(group) or {}
         if description.get("group_state") != "Stable":
             return False

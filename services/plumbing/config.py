@@ -98,3 +98,69 @@ def policy_path() -> Path | None:
     """Routing and release policy file (`CTROUTE_POLICY`); unset means the shipped default."""
     value = os.environ.get("CTROUTE_POLICY")
     return Path(value) if value else None
+
+
+def kafka_security_protocol() -> str:
+    """How clients connect to Kafka (`CTROUTE_KAFKA_SECURITY_PROTOCOL`): `PLAINTEXT` (the
+    default, local tests), `SASL_PLAINTEXT` or `SASL_SSL` (SCRAM-SHA-512 authentication)."""
+    return os.environ.get("CTROUTE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+
+
+def kafka_sasl_username() -> str:
+    """The principal this process authenticates to Kafka as (`CTROUTE_KAFKA_SASL_USERNAME`),
+    e.g. `svc-router` or `partner-hsi`."""
+    return os.environ.get("CTROUTE_KAFKA_SASL_USERNAME", "")
+
+
+def kafka_sasl_password() -> str:
+    """That principal's SCRAM password (`CTROUTE_KAFKA_SASL_PASSWORD`)."""
+    return os.environ.get("CTROUTE_KAFKA_SASL_PASSWORD", "")
+
+
+def intake_tls_dir() -> Path | None:
+    """Folder with the intake's TLS files (`CTROUTE_INTAKE_TLS_DIR`): the server has
+    `server.pem` and `server-key.pem`, clients `ca.pem` (the authority they trust). Unset means
+    a plaintext intake that trusts the request's source: local test fixtures only."""
+    value = os.environ.get("CTROUTE_INTAKE_TLS_DIR")
+    return Path(value) if value else None
+
+
+def intake_trusted_keys_dir() -> Path:
+    """The component systems the intake accepts (`CTROUTE_INTAKE_TRUSTED_KEYS`): one Ed25519
+    public key per system, `<system id>.pub`; default `trusted-keys` in the TLS folder."""
+    value = os.environ.get("CTROUTE_INTAKE_TRUSTED_KEYS")
+    if value:
+        return Path(value)
+    tls_dir = intake_tls_dir()
+    return (tls_dir or Path(".run/secrets/intake")) / "trusted-keys"
+
+
+def partner_api_tls_dir() -> Path | None:
+    """Folder with the partner status API's TLS files (`CTROUTE_PARTNER_API_TLS_DIR`), laid out
+    like the intake's. Unset means plaintext, trusting the partner named in a request: local
+    test fixtures only."""
+    value = os.environ.get("CTROUTE_PARTNER_API_TLS_DIR")
+    return Path(value) if value else None
+
+
+def partner_api_trusted_keys_dir() -> Path:
+    """The partners the status API accepts (`CTROUTE_PARTNER_API_TRUSTED_KEYS`): one Ed25519
+    public key per partner, `<partner id>.pub`; default `trusted-keys` in its TLS folder."""
+    value = os.environ.get("CTROUTE_PARTNER_API_TRUSTED_KEYS")
+    if value:
+        return Path(value)
+    return (partner_api_tls_dir() or Path(".run/secrets/partner-api")) / "trusted-keys"
+
+
+def partner_signing_key() -> Path | None:
+    """A partner's private key (`CTROUTE_PARTNER_KEY`, `<partner id>.key`): `refctl ack` and
+    `refctl status` sign their token with it, as that partner."""
+    value = os.environ.get("CTROUTE_PARTNER_KEY")
+    return Path(value) if value else None
+
+
+def intake_signing_key() -> Path | None:
+    """A component system's private key (`CTROUTE_INTAKE_KEY`, `<system id>.key`): `refctl
+    submit` signs its token with it, as that system."""
+    value = os.environ.get("CTROUTE_INTAKE_KEY")
+    return Path(value) if value else None

@@ -41,8 +41,10 @@ def start_grpc_server(
     *,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     max_workers: int = 16,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> GrpcServer:
-    """Start a server on `address` ("host:port", port 0 picks a free one).
+    """Start a server on `address` ("host:port", port 0 picks a free one); TLS with
+    `credentials`, plaintext without (local test fixtures only).
 
     `register` adds the service's servicers and returns their full service names, which are
     announced through reflection and marked SERVING in the health service.
@@ -64,7 +66,10 @@ def start_grpc_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address)
+    if credentials is not None:
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}: the address is in use or invalid")
     server.start()

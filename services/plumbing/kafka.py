@@ -51,9 +51,42 @@ class RejectedEvent(Exception):
     """
 
 
+SASL_MECHANISM = "SCRAM-SHA-512"
+
+
 def security_settings() -> dict[str, Any]:
-    """kafka-python settings for the broker's security, from the environment (plaintext today)."""
-    return {}
+    """kafka-python settings for the broker's security, from the environment.
+
+    Plaintext unless `CTROUTE_KAFKA_SECURITY_PROTOCOL` names a SASL protocol; then the process
+    authenticates with SCRAM-SHA-512 as `CTROUTE_KAFKA_SASL_USERNAME`.
+    """
+    protocol = config.kafka_security_protocol()
+    if protocol == "PLAINTEXT":
+        return {}
+    if protocol not in {"SASL_PLAINTEXT", "SASL_SSL"}:
+        raise ValueError(
+            f"CTROUTE_KAFKA_SECURITY_PROTOCOL={protocol} is not supported: "
+            "use PLAINTEXT, SASL_PLAINTEXT or SASL_SSL"
+        )
+    username = config.kafka_sasl_username()
+    if not username:
+        raise ValueError(
+            f"CTROUTE_KAFKA_SECURITY_PROTOCOL={protocol} needs CTROUTE_KAFKA_SASL_USERNAME "
+            "and CTROUTE_KAFKA_SASL_PASSWORD"
+        )
+    return sasl_settings(username, config.kafka_sasl_password(), protocol=protocol)
+
+
+def sasl_settings(
+    username: str, password: str, *, protocol: str = "SASL_PLAINTEXT"
+) -> dict[str, Any]:
+    """kafka-python settings that authenticate as `username` with SCRAM-SHA-512."""
+    return {
+        "security_protocol": protocol,
+        "sasl_mechanism": SASL_MECHANISM,
+        "sasl_plain_username": username,
+        "sasl_plain_password": password,
+    }
 
 
 def consumer_settings() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""refctl: submit referrals, watch a partner's inbox, and (later) trace, audit and manage.
+"""refctl: submit referrals, watch a partner's inbox, trace, audit, and manage partners.
 
 Output is for people: one line per thing that happened, errors that say what to do next.
 """
@@ -15,8 +15,30 @@ from google.protobuf import json_format
 
 from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc
 from plumbing import config
-from refctl import audit_cmd, consent_cmd, dlq_cmd, policy_cmd, status_cmd, trace_cmd
+from plumbing.grpc_auth import client_channel
+from plumbing.tokens import INTAKE_AUDIENCE
+from refctl import (
+    audit_cmd,
+    consent_cmd,
+    dlq_cmd,
+    partner_cmd,
+    policy_cmd,
+    status_cmd,
+    trace_cmd,
+)
 from refctl.output import explain_rpc_error, fail
+
+
+def _intake_channel(address: str) -> grpc.Channel:
+    """TLS with a token signed by the system's key when CTROUTE_INTAKE_TLS_DIR is set (the
+    intake's `ca.pem` is trusted, CTROUTE_INTAKE_KEY signs as `<system>.key`)."""
+    return client_channel(
+        address,
+        config.intake_tls_dir(),
+        config.intake_signing_key(),
+        audience=INTAKE_AUDIENCE,
+        key_setting="CTROUTE_INTAKE_KEY",
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -33,7 +55,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             f"{path} is not a SubmitReferralRequest in protobuf's JSON mapping: {error}\n"
             '  expected {"referral": {"source": ..., "sourceReference": ..., ...}}'
         )
-    with grpc.insecure_channel(args.address) as channel:
+    try:
+        channel = _intake_channel(args.address)
+    except (OSError, ValueError) as error:
+        return fail(f"cannot load the intake credentials: {error}")
+    with channel:
         stub = intake_pb2_grpc.ReferralIntakeServiceStub(channel)
         try:
             response = stub.SubmitReferral(request, timeout=args.timeout)
@@ -88,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd.register(commands)
     trace_cmd.register(commands)
     audit_cmd.register(commands)
+    partner_cmd.register(commands)
     return parser
 
 

@@ -29,9 +29,18 @@ def explain_rpc_error(error: grpc.RpcError) -> str:
                     f"  - {v.field or '(request)'}: {v.description}"
                     for v in bad_request.field_violations
                 ]
+    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+        lines.append(
+            "  set CTROUTE_INTAKE_TLS_DIR (the folder with the intake's ca.pem) and "
+            "CTROUTE_INTAKE_KEY (your system's <system id>.key)"
+        )
     if error.code() == grpc.StatusCode.UNAVAILABLE:
         lines.append(
             f"  is the referral service running at {config.grpc_address()}? "
             "(start it with `make run`, or set REFERRAL_GRPC_ADDR)"
+        )
+        lines.append(
+            "  under `make run` the APIs speak TLS: set their TLS folder and your key "
+            "(README.md, Security)"
         )
     return "\n".join(lines)

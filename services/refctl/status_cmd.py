@@ -10,6 +10,8 @@ import grpc
 from ctroute.partner.v1 import delivery_pb2, delivery_pb2_grpc
 from ctroute.referral.v1 import lifecycle_pb2
 from plumbing import config
+from plumbing.grpc_auth import client_channel
+from plumbing.tokens import PARTNER_API_AUDIENCE
 from refctl.output import explain_rpc_error, fail
 
 PARTNER_STATES = [
@@ -44,7 +46,17 @@ def report(args: argparse.Namespace, state: str) -> int:
         request.decline_reason = lifecycle_pb2.DeclineReason.Value(f"DECLINE_REASON_{args.reason}")
     if getattr(args, "outcome", None):
         request.outcome = lifecycle_pb2.Outcome.Value(f"OUTCOME_{args.outcome}")
-    with grpc.insecure_channel(args.address) as channel:
+    try:
+        channel = client_channel(
+            args.address,
+            config.partner_api_tls_dir(),
+            config.partner_signing_key(),
+            audience=PARTNER_API_AUDIENCE,
+            key_setting="CTROUTE_PARTNER_KEY",
+        )
+    except (OSError, ValueError) as error:
+        return fail(f"cannot load the partner API credentials: {error}")
+    with channel:
         stub = delivery_pb2_grpc.PartnerStatusServiceStub(channel)
         try:
             response = stub.ReportDeliveryStatus(request, timeout=args.timeout)

@@ -3,6 +3,10 @@
 A thin translator: check the request against the contract, assign the referral id, and publish
 the event; only when Kafka has acknowledged it (acks=all) does the caller hear "accepted".
 Nothing invalid reaches Kafka, and errors name fields and rules, never values.
+
+With an authenticator (always, outside local test fixtures) every call must prove which
+component system makes it (UNAUTHENTICATED otherwise), and a system may only act as itself: a
+request whose source is another system's is PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from opentelemetry import trace
 
 from ctroute.referral.v1 import intake_pb2, intake_pb2_grpc, lifecycle_pb2
 from plumbing import topics
+from plumbing.grpc_auth import TokenAuthenticator
 from plumbing.grpc_server import abort_invalid
 from plumbing.kafka import EventPublisher
 from plumbing.sensitivity import span_attributes
@@ -63,9 +68,28 @@ def _check(request: Message, context: grpc.ServicerContext) -> None:
 class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
     """ReferralIntakeService over a Kafka publisher and the intake ledger."""
 
-    def __init__(self, publisher: EventPublisher, ledger: IntakeLedger) -> None:
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        ledger: IntakeLedger,
+        authenticator: TokenAuthenticator | None = None,
+    ) -> None:
         self._publisher = publisher
         self._ledger = ledger
+        self._authenticator = authenticator
+
+    def _authorize(self, context: grpc.ServicerContext, source: str) -> None:
+        """End the call unless the caller is authenticated as `source` (when authenticating)."""
+        if self._authenticator is None:
+            return
+        caller = self._authenticator.identity(context)
+        if caller != source:
+            log.warning("refused a request from %s naming another source", caller)
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"authenticated as {caller} but the request's source is {source!r}: a system "
+                "may only submit, amend or withdraw as itself",
+            )
 
     def _publish(
         self,
@@ -96,6 +120,7 @@ class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
     def SubmitReferral(
         self, request: intake_pb2.SubmitReferralRequest, context: grpc.ServicerContext
     ) -> intake_pb2.SubmitReferralResponse:
+        self._authorize(context, request.referral.source)
         _check(request, context)
         referral = request.referral
         trace.get_current_span().set_attributes(span_attributes(referral, "ctroute.referral"))
@@ -137,6 +162,7 @@ class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
     def AmendReferral(
         self, request: intake_pb2.AmendReferralRequest, context: grpc.ServicerContext
     ) -> intake_pb2.AmendReferralResponse:
+        self._authorize(context, request.referral.source)
         _check(request, context)
         _, source_reference = self._owned_referral(
             context, request.referral_id, request.referral.source
@@ -171,6 +197,7 @@ class ReferralIntake(intake_pb2_grpc.ReferralIntakeServiceServicer):
     def WithdrawReferral(
         self, request: intake_pb2.WithdrawReferralRequest, context: grpc.ServicerContext
     ) -> intake_pb2.WithdrawReferralResponse:
+        self._authorize(context, request.source)
         _check(request, context)
         self._owned_referral(context, request.referral_id, request.source)
         event = lifecycle_pb2.ReferralWithdrawn(

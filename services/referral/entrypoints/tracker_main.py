@@ -11,11 +11,13 @@ from google.protobuf.message import Message
 from ctroute.partner.v1 import delivery_pb2, delivery_pb2_grpc
 from ctroute.referral.v1 import lifecycle_pb2
 from plumbing import config, topics
+from plumbing.grpc_auth import ServerTls, TokenAuthenticator
 from plumbing.grpc_server import TracingInterceptor, start_grpc_server
 from plumbing.kafka import ConsumedEvent, EventConsumer, EventPublisher
 from plumbing.runtime import configure_logging, stop_on_signals
 from plumbing.sensitivity import operational_view
 from plumbing.telemetry import configure_tracing, shutdown_tracing
+from plumbing.tokens import PARTNER_API_AUDIENCE, TokenVerifier, load_public_keys
 from referral.adapters.audit_log import AuditLog
 from referral.adapters.delivery_store import DeliveryStore
 from referral.entrypoints.partner_api import PartnerStatusApi
@@ -62,6 +64,22 @@ def record_for_audit(audit: AuditLog, consumed: ConsumedEvent) -> None:
 log = logging.getLogger(__name__)
 
 
+def _partner_api_security() -> tuple[TokenAuthenticator | None, grpc.ServerCredentials | None]:
+    """TLS and partner tokens when CTROUTE_PARTNER_API_TLS_DIR is set; else plaintext."""
+    tls_dir = config.partner_api_tls_dir()
+    if tls_dir is None:
+        log.warning(
+            "CTROUTE_PARTNER_API_TLS_DIR unset: plaintext partner API trusting the partner "
+            "named in a request (local test fixtures only)"
+        )
+        return None, None
+    verifier = TokenVerifier(
+        load_public_keys(config.partner_api_trusted_keys_dir()), audience=PARTNER_API_AUDIENCE
+    )
+    log.info("partner API: TLS on, %d partners registered", len(verifier.systems))
+    return TokenAuthenticator(verifier), ServerTls.from_dir(tls_dir).credentials()
+
+
 def main() -> None:
     configure_logging(SERVICE_NAME)
     provider = configure_tracing(SERVICE_NAME)
@@ -78,14 +96,19 @@ def main() -> None:
 
     tracker = LifecycleTracker(store, publish)
 
+    authenticator, credentials = _partner_api_security()
+
     def register(server: grpc.Server) -> list[str]:
         delivery_pb2_grpc.add_PartnerStatusServiceServicer_to_server(
-            PartnerStatusApi(tracker), server
+            PartnerStatusApi(tracker, authenticator), server
         )
         return [delivery_pb2.DESCRIPTOR.services_by_name["PartnerStatusService"].full_name]
 
     server = start_grpc_server(
-        config.partner_grpc_address(), register, interceptors=[TracingInterceptor()]
+        config.partner_grpc_address(),
+        register,
+        interceptors=[TracingInterceptor()],
+        credentials=credentials,
     )
     consumer = EventConsumer(
         bootstrap,
