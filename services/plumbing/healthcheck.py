@@ -1,8 +1,11 @@
-"""Health checks for containers: `python -m plumbing.healthcheck grpc HOST:PORT` or
-`python -m plumbing.healthcheck group GROUP`.
+"""Health checks for containers: `python -m plumbing.healthcheck grpc HOST:PORT [--ca PEM]
+[--server-name NAME]` or `python -m plumbing.healthcheck group GROUP`.
 
-Container images carry no grpc_health_probe binary, so compose health checks (and Kubernetes
-exec probes of the services without a gRPC server) use this module from the service's own image.
+Container images carry no grpc_health_probe binary, so compose health checks and Kubernetes
+exec probes use this module from the service's own image. Kubernetes `grpc:` probes cannot speak
+TLS, so the APIs behind TLS (intake, partner status API) are probed with `grpc ... --ca`: a TLS
+channel trusting that authority. It sends no token: the health service is not behind the
+token check (tokens are verified by the API's own methods, `plumbing.grpc_auth`).
 Exit status 0 means healthy, 1 unhealthy; one line on stderr says why.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,9 +25,26 @@ from plumbing import config
 from plumbing.kafka import security_settings
 
 
-def grpc_serving(address: str, timeout: float) -> str | None:
-    """None when the server at `address` reports SERVING for the whole server, else why not."""
-    with grpc.insecure_channel(address) as channel:
+def _channel(address: str, ca: Path | None, server_name: str | None) -> grpc.Channel:
+    if ca is None:
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    options = [] if server_name is None else [("grpc.ssl_target_name_override", server_name)]
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def grpc_serving(
+    address: str, timeout: float, ca: Path | None = None, server_name: str | None = None
+) -> str | None:
+    """None when the server at `address` reports SERVING for the whole server, else why not.
+
+    Plaintext without `ca`; with it, TLS trusting that authority's PEM file, checking the
+    certificate against `server_name` if given (else the host of `address`)."""
+    try:
+        channel = _channel(address, ca, server_name)
+    except OSError as error:
+        return f"{ca}: {error.strerror or error}"
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
@@ -70,13 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = parser.add_subparsers(dest="check", required=True)
     grpc_check = checks.add_parser("grpc", help="the gRPC health service answers SERVING")
     grpc_check.add_argument("address", help="HOST:PORT of the gRPC server")
+    grpc_check.add_argument(
+        "--ca", type=Path, help="speak TLS, trusting this authority's certificate (PEM)"
+    )
+    grpc_check.add_argument(
+        "--server-name",
+        help="with --ca: the name the server's certificate must carry, when not the address's "
+        "host (e.g. a certificate not issued for 127.0.0.1)",
+    )
     group_check = checks.add_parser(
         "group", help="a consumer group is stable with partitions assigned"
     )
     group_check.add_argument("group", help="consumer group id, e.g. referral-router")
     args = parser.parse_args(argv)
     if args.check == "grpc":
-        problem = grpc_serving(args.address, args.timeout)
+        if args.server_name is not None and args.ca is None:
+            parser.error("--server-name needs --ca")
+        problem = grpc_serving(args.address, args.timeout, args.ca, args.server_name)
     else:
         problem = group_assigned(config.kafka_bootstrap_servers(), args.group, args.timeout)
     if problem is not None:
