@@ -2,18 +2,21 @@
 
 `docker compose up` must bring up what `make run` brings up, configured through variables the
 code actually reads, on the ports and the Kafka the code expects, in an order where nothing
-starts before what it needs is healthy.
+starts before what it needs is healthy; the intake and the partner status API behind TLS with
+the certificates and keys the one-shot `credentials` container makes.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
+from devstack import containers
 from devstack.broker import kafka_version
 from devstack.stack import SERVICES
 from plumbing import config
@@ -21,6 +24,7 @@ from tests.deploy.manifests import ROOT, compose, variables_read_by_code
 
 OUR_IMAGE_SERVICES = {
     "create-topics",
+    "credentials",
     "intake",
     "router",
     "tracker",
@@ -29,7 +33,7 @@ OUR_IMAGE_SERVICES = {
     "victim-services",
     "demo",
 }
-ONE_SHOT = {"create-topics"}
+ONE_SHOT = {"create-topics", "credentials"}
 LISTEN_ADDRESSES = {
     "REFERRAL_GRPC_ADDR": config.grpc_address,
     "REFERRAL_PARTNER_GRPC_ADDR": config.partner_grpc_address,
@@ -37,6 +41,12 @@ LISTEN_ADDRESSES = {
     "VICTIM_SERVICES_GRPC_ADDR": config.victim_services_grpc_address,
 }
 VALID_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+TLS_APIS = {
+    # service: (its TLS folder variable, the folder `credentials` makes for it)
+    "intake": ("CTROUTE_INTAKE_TLS_DIR", "intake"),
+    "tracker": ("CTROUTE_PARTNER_API_TLS_DIR", "partner-api"),
+}
+"""The authenticated APIs: TLS everywhere but local test fixtures."""
 
 
 def services() -> dict[str, Any]:
@@ -57,6 +67,27 @@ def python_module(command: list[str]) -> list[str]:
     """`python -m MODULE ARGS...` -> [MODULE, ARGS...]."""
     assert command[:2] == ["python", "-m"], command
     return command[2:]
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Mount path -> (volume, mode) of a service's short-syntax volumes."""
+    found = {}
+    for entry in service.get("volumes", []):
+        source, target, *mode = entry.split(":")
+        found[target] = (source, mode[0] if mode else "rw")
+    return found
+
+
+def credentials_dir() -> str:
+    return option(python_module(services()["credentials"]["command"]), "--dir")
+
+
+def credentials_volume() -> str:
+    return mounts(services()["credentials"])[credentials_dir()][0]
 
 
 def test_every_service_of_make_run_and_the_infrastructure_is_there() -> None:
@@ -132,8 +163,51 @@ def test_grpc_servers_listen_on_the_codes_ports_and_publish_them(
             if value.startswith("0.0.0.0:"):
                 servers += 1
                 assert f"{port}:{port}" in service["ports"], f"{name} does not publish {port}"
-                assert service["healthcheck"]["test"][-2:] == ["grpc", f"127.0.0.1:{port}"]
+                test = service["healthcheck"]["test"]
+                assert test[test.index("grpc") + 1] == f"127.0.0.1:{port}", name
+                if name in TLS_APIS:
+                    tls_dir = service["environment"][TLS_APIS[name][0]]
+                    assert test[test.index("grpc") + 2 :] == ["--ca", f"{tls_dir}/ca.pem"], name
+                else:
+                    assert test[-2:] == ["grpc", f"127.0.0.1:{port}"], name
     assert servers == len(LISTEN_ADDRESSES)
+
+
+def test_the_authenticated_apis_speak_tls_with_what_credentials_makes(tmp_path: Path) -> None:
+    command = python_module(services()["credentials"]["command"])
+    assert command[:2] == ["devstack.containers", "credentials"]
+    assert services()["credentials"]["restart"] == "no"
+    assert mounts(services()["credentials"])[credentials_dir()][1] == "rw"
+    hostnames = [command[i + 1] for i, arg in enumerate(command) if arg == "--hostname"]
+    assert set(TLS_APIS) <= set(hostnames), "certificates must name the services' hosts"
+    # What the container makes, made here: each API's folder has what its server reads.
+    names = [arg for hostname in hostnames for arg in ("--hostname", hostname)]
+    assert containers.main(["credentials", "--dir", str(tmp_path), *names]) == 0
+    for name, (variable, folder) in TLS_APIS.items():
+        service = services()[name]
+        tls_dir = PurePosixPath(service["environment"][variable])
+        assert tls_dir == PurePosixPath(credentials_dir()) / folder, name
+        mount = mounts(service)[credentials_dir()]
+        assert mount[0] == credentials_volume(), f"{name} does not mount the credentials"
+        assert service["depends_on"]["credentials"] == {
+            "condition": "service_completed_successfully"
+        }
+        for file in ("server.pem", "server-key.pem", "ca.pem", "trusted-keys"):
+            assert (tmp_path / folder / file).exists(), f"{name}: no {file}"
+        assert list((tmp_path / folder / "trusted-keys").glob("*.pub")), name
+    assert credentials_volume() in compose()["volumes"]
+
+
+def test_the_credentials_folder_is_in_the_image_and_the_services_own_it() -> None:
+    # A fresh named volume copies the ownership of the image's folder it is mounted on.
+    (run,) = [r for k, r in dockerfile_instructions() if k == "RUN" and "useradd" in r]
+    assert "--uid 10001" in run
+    steps = [step.strip() for step in run.split("&&")]
+    made = next(i for i, step in enumerate(steps) if step.startswith("mkdir -p "))
+    owned = next(i for i, step in enumerate(steps) if step == "chown -R ctroute /var/lib/ctroute")
+    assert credentials_dir() in steps[made].split()
+    assert credentials_dir().startswith("/var/lib/ctroute/")
+    assert made < owned
 
 
 def test_every_long_running_service_has_a_health_check() -> None:
@@ -185,7 +259,9 @@ def test_the_demo_feeds_the_demo_referrals_through_the_intake(
     demo = services()["demo"]
     command = python_module(demo["command"])
     assert command[:2] == ["devstack.containers", "demo"]
-    demo_dir = command[command.index("--demo-dir") + 1]
+    demo_dir = option(command, "--demo-dir")
+    assert option(command, "--credentials") == credentials_dir()
+    assert mounts(demo)[credentials_dir()][0] == credentials_volume()
     instructions = dockerfile_instructions()
     assert ("WORKDIR", "/app") in instructions
     assert ("COPY", "deploy/demo ./deploy/demo") in instructions
