@@ -34,6 +34,7 @@ class Resource(StrEnum):
     TOPIC = "topic"
     GROUP = "group"
     CLUSTER = "cluster"
+    TRANSACTIONAL_ID = "transactional_id"
 
 
 class Pattern(StrEnum):
@@ -83,6 +84,13 @@ SERVICE_GRANTS: dict[str, tuple[Grant, ...]] = {
     "svc-intake": (_topic(topics.SUBMITTED, W),),
     "svc-router": (
         _group("referral-router"),
+        # Each batch is one Kafka transaction, under the id `referral-router-<instance id>`.
+        Grant(
+            Resource.TRANSACTIONAL_ID,
+            "referral-router-",
+            Pattern.PREFIXED,
+            (W, Operation.DESCRIBE),
+        ),
         _topic(topics.SUBMITTED, R),
         _topic(topics.LIFECYCLE, W),
         _topic(topics.DEAD_LETTER, W),

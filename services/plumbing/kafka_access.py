@@ -35,6 +35,7 @@ _RESOURCE = {
     Resource.TOPIC: ResourceType.TOPIC,
     Resource.GROUP: ResourceType.GROUP,
     Resource.CLUSTER: ResourceType.CLUSTER,
+    Resource.TRANSACTIONAL_ID: ResourceType.TRANSACTIONAL_ID,
 }
 _PATTERN = {
     Pattern.LITERAL: ACLResourcePatternType.LITERAL,
