@@ -153,6 +153,9 @@ func run(descriptors, group string, maxDeliveries int, idle time.Duration) error
 		kgo.ConsumeTopics("partner." + partner + ".inbox"),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.DisableAutoCommit(),
+		// The router delivers in Kafka transactions: only committed deliveries may be read
+		// (a batch it aborted after a crash is routed again).
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.SASL(scram.Auth{
 			User: settings["CTROUTE_KAFKA_SASL_USERNAME"],
 			Pass: settings["CTROUTE_KAFKA_SASL_PASSWORD"],

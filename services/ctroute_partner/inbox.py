@@ -118,6 +118,9 @@ class PartnerInbox:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # The router delivers in Kafka transactions: a batch it aborted (a crash, a broker
+            # outage) is routed again, and only the committed copy may reach the partner.
+            isolation_level="read_committed",
             **config,
         )
         self._consumer.subscribe([self.topic])
