@@ -1,8 +1,8 @@
 """docs/operations.md against the code: every variable, every topic, and runbook commands that
 exist (refctl subcommands and options as its parser accepts them, make targets, modules).
 
-Runbook blocks marked `<!-- pending: issue 6 -->` hold `refctl partner ...` commands, which land
-with the partner-isolation work; their check is skipped until then (see PENDING_REASON).
+Runbook blocks marked `<!-- pending: issue 6 -->` hold the `refctl partner ...` commands of the
+partner-isolation work (issue 6); they are checked against refctl's parser like the others.
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ from tests.deploy.manifests import (
 
 GUIDE = OPERATIONS_GUIDE.read_text(encoding="utf-8")
 PENDING_MARKER = "<!-- pending: issue 6 -->"
-PENDING_REASON = (
-    "`refctl partner` lands with issue 6 (partner isolation); after merging it, remove this "
-    "skip so the guide's partner commands are checked like the others"
-)
 RUNBOOKS = (
     "Onboarding a partner",
     "Changing the policy",
@@ -79,11 +75,36 @@ def commands() -> list[Command]:
     return found
 
 
+def variables_in(text: str) -> set[str]:
+    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", text, re.M))
+
+
 def test_every_variable_the_code_reads_is_documented() -> None:
-    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", section("Configuration"), re.M))
-    pending = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", section("Kafka client security"), re.M))
-    assert pending == PENDING_SECURITY_VARIABLES
-    assert documented - pending == variables_read_by_code()
+    documented = variables_in(section("Configuration"))
+    assert variables_in(section("Kafka client security")) >= PENDING_SECURITY_VARIABLES
+    assert documented - PENDING_SECURITY_VARIABLES == variables_read_by_code()
+
+
+def test_the_kafka_client_security_variables_are_the_ones_the_code_reads() -> None:
+    kafka = {v for v in variables_read_by_code() if v.startswith("CTROUTE_KAFKA_")}
+    assert kafka
+    assert variables_in(section("Kafka client security")) == kafka
+
+
+def test_the_authenticated_apis_secrets_are_documented_with_what_the_code_reads() -> None:
+    kubernetes = section("Kubernetes")
+    rows = dict(re.findall(r"^\| `([a-z0-9-]+)` \| ([^|]+) \|", kubernetes, re.M))
+    for api, variable in (
+        ("intake", "CTROUTE_INTAKE_TLS_DIR"),
+        ("partner-api", "CTROUTE_PARTNER_API_TLS_DIR"),
+    ):
+        # plumbing.grpc_auth.ServerTls reads server.pem and server-key.pem; clients ca.pem.
+        keys = set(re.findall(r"`([^`]+)`", rows[f"ctroute-{api}-tls"]))
+        assert keys == {"server.pem", "server-key.pem", "ca.pem"}, api
+        assert f"ctroute-{api}-trusted-keys" in rows, api
+        assert f"`{variable}`" in kubernetes
+        assert f"--from-file=tls/{api}/server-key.pem" in kubernetes
+        assert f"create secret generic ctroute-{api}-trusted-keys --from-file=" in kubernetes
 
 
 def test_the_topic_map_covers_every_topic() -> None:
@@ -125,7 +146,6 @@ def test_pending_blocks_hold_only_refctl_partner_commands() -> None:
         assert command.text.startswith("refctl partner "), command.text
 
 
-@pytest.mark.skip(reason=PENDING_REASON)
 def test_pending_refctl_partner_commands_parse() -> None:
     parser = build_parser()
     for command in commands():
