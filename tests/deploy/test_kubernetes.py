@@ -19,7 +19,8 @@ import yaml
 
 from devstack import kafka_resources
 from devstack.stack import SERVICES
-from plumbing import topics
+from plumbing import access, topics
+from plumbing.access import Grant
 from referral.domain.policy import default_policy_path, load_policy
 from tests.deploy.manifests import (
     K8S_BASE,
@@ -480,6 +481,38 @@ def test_consumer_groups_of_the_services_are_granted() -> None:
     assert set(expected.values()) == groups
     for principal, group in expected.items():
         assert ("group", group, "literal", "Read") in grants(principal)
+
+
+def as_grants(held: tuple[Grant, ...]) -> set[tuple[str, str, str, str]]:
+    """`plumbing.access` grants in the terms of :func:`grants`."""
+    kinds = {"topic": "topic", "group": "group", "transactional_id": "transactionalId"}
+    return {
+        (kinds[grant.resource.value], grant.name, grant.pattern.value.removesuffix("ed"), op)
+        for grant in held
+        for op in (operation.value.capitalize() for operation in grant.operations)
+    }
+
+
+def test_kafka_users_are_the_access_table_but_for_the_kubernetes_differences() -> None:
+    table = access.system_grants(PARTNERS)
+    assert set(kafka_resources.KUBERNETES_DIFFERENCES) <= set(table)
+    for principal, held in table.items():
+        if principal not in kafka_resources.KUBERNETES_DIFFERENCES:
+            assert grants(principal) == as_grants(held), principal
+    for partner in PARTNERS:
+        principal = access.partner_principal(partner)
+        assert grants(principal) == as_grants(access.partner_grants(partner)), principal
+    # The timeline only observes: no dead-letter Write, IdempotentWrite for its producer id.
+    timeline = as_grants(table["svc-timeline"])
+    dead_letters = {("topic", topics.DEAD_LETTER, "literal", op) for op in ("Write", "Describe")}
+    assert dead_letters <= timeline
+    assert grants("svc-timeline") == (timeline - dead_letters) | {
+        ("cluster", "", "", "IdempotentWrite")
+    }
+    # The router's transactions (`referral-router-<instance id>`).
+    assert ("transactionalId", "referral-router-", "prefix", "Write") in grants("svc-router")
+    assert ("transactionalId", "referral-router-", "prefix", "Describe") in grants("svc-router")
+    assert "svc-refctl" not in KAFKA_USERS
 
 
 def test_the_generated_access_file_is_current() -> None:
