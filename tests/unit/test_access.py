@@ -58,6 +58,22 @@ def test_no_service_but_the_router_and_tracker_writes_an_inbox_and_none_reads_ev
                     "svc-tracker",
                     "svc-refctl",
                 }
-            if principal != "svc-refctl":
+            if principal != "svc-refctl" and grant.resource is not Resource.TRANSACTIONAL_ID:
+                # Prefixes only for operators, and for the router's own transactional ids
+                # (one per instance: `referral-router-<instance id>`).
                 assert grant.pattern is Pattern.LITERAL
     assert {g.name for g in grants["svc-intake"]} == {topics.SUBMITTED}
+
+
+def test_the_router_may_use_only_its_own_transactional_ids() -> None:
+    (grant,) = [
+        g for g in access.SERVICE_GRANTS["svc-router"] if g.resource is Resource.TRANSACTIONAL_ID
+    ]
+    assert (grant.name, grant.pattern) == ("referral-router-", Pattern.PREFIXED)
+    assert set(grant.operations) == {Operation.WRITE, Operation.DESCRIBE}
+    others = [
+        principal
+        for principal, held in access.SERVICE_GRANTS.items()
+        if principal != "svc-router" and any(g.resource is Resource.TRANSACTIONAL_ID for g in held)
+    ]
+    assert others == []
