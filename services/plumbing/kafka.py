@@ -93,16 +93,7 @@ def consumer_settings() -> dict[str, Any]:
     """kafka-python settings every consumer of this system uses: the broker's security, and
     committed records only (the router publishes in transactions: a batch it aborted, after a
     crash or a broker outage, must never reach anyone)."""
-    return {
-        "isolation_level": "read_committed",
-        # Under load, fetch in batches instead of record by record: the broker answers a fetch
-        # once it has this much, or after the wait. Each batch costs the consumer one poll and
-        # one commit (the router one transaction), so batching is what keeps the CPU per record
-        # low; the wait bounds what it adds to latency when traffic is light.
-        "fetch_min_bytes": 32 * 1024,
-        "fetch_max_wait_ms": 20,
-        **security_settings(),
-    }
+    return {"isolation_level": "read_committed", **security_settings()}
 
 
 class EventPublisher:

@@ -139,6 +139,12 @@ def inject_trace_context(headers: list[tuple[str, bytes]]) -> None:
     headers.extend((key, value.encode()) for key, value in carrier.items())
 
 
+def restamp_trace_context(headers: list[tuple[str, bytes]]) -> None:
+    """Replace the trace context in Kafka headers with the current one (in place)."""
+    headers[:] = [(k, v) for k, v in headers if k not in ("traceparent", "tracestate")]
+    inject_trace_context(headers)
+
+
 def extract_trace_context(headers: Sequence[tuple[str, bytes | None]] | None) -> Context:
     """The trace context a producer left in Kafka headers (an empty context if none)."""
     carrier = {
