@@ -54,7 +54,12 @@ from referral.domain.facts import (
     VictimFacts,
 )
 from referral.domain.policy import Policy, PolicyError, default_policy_path, load_policy
-from referral.domain.routing import PartnerRelease, RoutingDecision, route_referral
+from referral.domain.routing import (
+    PartnerRelease,
+    RoutingDecision,
+    route_referral,
+    route_under_each,
+)
 
 __all__ = [
     "Change",
@@ -763,6 +768,7 @@ class Simulator:
     ) -> None:
         self.current = current
         self.candidate = candidate
+        self.policies = (current, candidate)
         self.at = at
         self.default_now = default_now or datetime.now(UTC)
         self.facts_disagreed = False
@@ -806,9 +812,8 @@ class Simulator:
                 now = _instant(stamp.seconds, stamp.nanos)
             else:
                 now = self.default_now
-        return diff_decisions(
-            route_referral(facts, self.current, now), route_referral(facts, self.candidate, now)
-        )
+        current, candidate = route_under_each(facts, self.policies, now)
+        return diff_decisions(current, candidate)
 
 
 @dataclass

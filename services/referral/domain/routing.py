@@ -130,8 +130,21 @@ def route_referral(facts: ReferralFacts, policy: Policy, now: datetime) -> Routi
     ``now`` decides which consents are in force and who is a minor, so replaying a referral with
     the same ``now`` and policy gives the same decision.
     """
-    plan = _plan_for(policy)
+    return _route(_Context(facts, now), policy)
+
+
+def route_under_each(
+    facts: ReferralFacts, policies: tuple[Policy, ...], now: datetime
+) -> tuple[RoutingDecision, ...]:
+    """``route_referral`` under several policies at the same ``now``, as ``policy simulate``
+    compares them: the referral's view at ``now`` (minority, consents in force) is built once."""
     ctx = _Context(facts, now)
+    return tuple([_route(ctx, policy) for policy in policies])
+
+
+def _route(ctx: _Context, policy: Policy) -> RoutingDecision:
+    plan = _plan_for(policy)
+    ctx.nothing_chosen = False
 
     # partner -> [best priority rank, indices of the rules that chose it]
     chosen: dict[str, tuple[int, list[int]]] = {}
