@@ -178,9 +178,13 @@ def test_commands_run_in_deployments_that_exist() -> None:
 
 
 def test_capacity_figures_are_the_benchmarks() -> None:
-    result = json.loads((ROOT / "bench/results/policy_simulate.json").read_text())
+    pipeline = json.loads((ROOT / "bench/results/pipeline.json").read_text())
+    policy = json.loads((ROOT / "bench/results/policy_simulate.json").read_text())
     capacity = section("Capacity")
+    assert "bench/results/pipeline.json" in capacity
     assert "bench/results/policy_simulate.json" in capacity
-    assert f"{int(result['referrals_per_second']):,}/s" in capacity
-    assert f"{int(result['wall_referrals_per_second']):,}/s" in capacity
-    assert f"{result['referrals']:,} generated referrals" in capacity
+    end_to_end = int(pipeline["saturation"]["referrals_per_second"])
+    assert f"{end_to_end} referrals a second" in capacity
+    untraced = int(pipeline["saturation_tracing_off"]["referrals_per_second"])
+    assert f"{untraced} with tracing off" in capacity
+    assert f"{int(policy['referrals_per_second']):,}/s" in capacity
