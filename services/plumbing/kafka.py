@@ -209,6 +209,18 @@ def dead_letter_headers(record: Any, *, error: str, group_id: str, attempts: int
     return headers
 
 
+def process_span_attributes(record: Any, group_id: str) -> dict[str, Any]:
+    """The messaging attributes of a consumer's `<topic> process` span for one record."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": record.topic,
+        "messaging.kafka.destination.partition": record.partition,
+        "messaging.kafka.message.offset": record.offset,
+        "messaging.consumer.group.name": group_id,
+    }
+
+
 def poll_riding_out_outages(
     consumer: KafkaConsumer, stop: threading.Event, timeout_ms: int = 200
 ) -> dict[Any, list[Any]]:
@@ -331,12 +343,7 @@ class EventConsumer:
                 context=parent,
                 kind=SpanKind.CONSUMER,
                 attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": record.topic,
-                    "messaging.kafka.destination.partition": record.partition,
-                    "messaging.kafka.message.offset": record.offset,
-                    "messaging.consumer.group.name": self.group_id,
+                    **process_span_attributes(record, self.group_id),
                     "cloudevents.event_id": envelope.event_id,
                     "cloudevents.event_type": envelope.event_type,
                 },

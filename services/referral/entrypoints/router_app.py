@@ -44,7 +44,12 @@ from opentelemetry.trace import SpanKind
 
 from plumbing import config, topics
 from plumbing.changelog import ChangelogReader, GlobalTable, PartitionedTable
-from plumbing.kafka import consumer_settings, poll_riding_out_outages, security_settings
+from plumbing.kafka import (
+    consumer_settings,
+    poll_riding_out_outages,
+    process_span_attributes,
+    security_settings,
+)
 from plumbing.runtime import configure_logging, stop_on_signals
 from plumbing.telemetry import (
     configure_tracing,
@@ -293,14 +298,7 @@ class RouterWorker:
             f"{record.topic} process",
             context=extract_trace_context(headers),
             kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": record.topic,
-                "messaging.kafka.destination.partition": record.partition,
-                "messaging.kafka.message.offset": record.offset,
-                "messaging.consumer.group.name": self.router.group_id,
-            },
+            attributes=process_span_attributes(record, self.router.group_id),
         ):
             output = self.router.handle(raw, self.routed, self.index, self.states)
             # One producer span for the record's outputs (not one per output record: spans were
