@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.broker import EmbeddedKafka, Progress, free_port
+from devstack.broker import EmbeddedKafka, Progress, free_port_pair
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,14 +47,6 @@ def _terminal_progress(config: pytest.Config) -> Progress:
     return show
 
 
-def _two_free_ports() -> tuple[int, int]:
-    port = free_port()
-    controller_port = free_port()
-    while controller_port == port:
-        controller_port = free_port()
-    return port, controller_port
-
-
 @pytest.fixture(scope="session")
 def kafka_progress(pytestconfig: pytest.Config) -> Progress:
     """Callback that prints broker progress lines on the terminal (not captured)."""
@@ -66,7 +58,7 @@ def kafka_broker(
     tmp_path_factory: pytest.TempPathFactory, kafka_progress: Progress
 ) -> Iterator[EmbeddedKafka]:
     """A running broker shared by the whole session; stopped when the session ends."""
-    port, controller_port = _two_free_ports()
+    port, controller_port = free_port_pair()
     broker = EmbeddedKafka(
         tmp_path_factory.mktemp("kafka"),
         port,

@@ -29,6 +29,19 @@ class LandedRecord:
         return trace_id_of_headers(list(self.headers.items()))
 
 
+def _committed_reader(
+    bootstrap_servers: str, security: dict[str, Any] | None = None
+) -> KafkaConsumer:
+    """A consumer outside any group that sees what every reader of this system sees: committed
+    records only (the router publishes in transactions)."""
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        isolation_level="read_committed",
+        **(security or {}),
+    )
+
+
 def read_until(
     bootstrap_servers: str,
     topic_names: list[str],
@@ -41,12 +54,7 @@ def read_until(
     """Read the topics from the beginning until `want(kept records)` holds; fail at the deadline.
 
     `security` are kafka-python settings for an authenticated broker."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        group_id=None,
-        isolation_level="read_committed",
-        **(security or {}),
-    )
+    consumer = _committed_reader(bootstrap_servers, security)
     try:
         partitions = [
             TopicPartition(topic, p)
@@ -85,9 +93,7 @@ def read_until(
 
 def end_offsets(bootstrap_servers: str, topic: str) -> int:
     """The total number of records ever written to a topic (sum of partition end offsets)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, isolation_level="read_committed"
-    )
+    consumer = _committed_reader(bootstrap_servers)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return sum(consumer.end_offsets(partitions).values())
@@ -103,9 +109,7 @@ def read_all(
     timeout: float = 30,
 ) -> list[LandedRecord]:
     """Every record written to the topics up to now (their end offsets at the call)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, isolation_level="read_committed"
-    )
+    consumer = _committed_reader(bootstrap_servers)
     try:
         partitions = [
             TopicPartition(topic, p)

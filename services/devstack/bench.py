@@ -65,6 +65,7 @@ from devstack.broker import (
     PrerequisiteMissing,
     find_project_root,
     free_port,
+    free_port_pair,
     kafka_version,
     orphan_guard_prefix,
 )
@@ -528,7 +529,7 @@ class Bench:
         self.run_dir = run_dir
         self.context = multiprocessing.get_context("spawn")
         self.broker = EmbeddedKafka(
-            run_dir / "kafka", free_port(), free_port(), project_root=root, progress=say
+            run_dir / "kafka", *free_port_pair(), project_root=root, progress=say
         )
         self.partners = sorted(load_default_policy().partners)
         self.inboxes = [topics.inbox(partner) for partner in self.partners]

@@ -255,6 +255,15 @@ def free_port() -> int:
         return port
 
 
+def free_port_pair() -> tuple[int, int]:
+    """Two different free ports: a broker's client listener and its controller's."""
+    port = free_port()
+    controller_port = free_port()
+    while controller_port == port:
+        controller_port = free_port()
+    return port, controller_port
+
+
 def _new_cluster_id() -> str:
     """A random cluster id in Kafka's format (URL-safe base64 of 16 bytes, no padding)."""
     while True:

@@ -7,7 +7,6 @@ and victim services.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -20,10 +19,10 @@ from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from kafka import KafkaAdminClient
 
 from devstack.broker import free_port, orphan_guard_prefix
 from plumbing.grpc_auth import authenticated_channel
+from plumbing.healthcheck import group_assigned
 
 
 class ServiceFailed(RuntimeError):
@@ -181,12 +180,14 @@ class ServiceStack:
                     return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
         assert spec.consumer_group is not None
-        return consumer_group_assigned(
+        problem = group_assigned(
             self.bootstrap_servers,
             spec.consumer_group,
+            timeout=3,
             member_client_id=f"{spec.consumer_group}-{service.instance_id}",
-            **self.admin_settings,
+            client_settings=self.admin_settings,
         )
+        return problem is None
 
     def _intake_channel(self) -> grpc.Channel:
         if self.intake_ca is None:
@@ -223,29 +224,3 @@ class ServiceStack:
             service.log_file.close()
             self.progress(f"{service.spec.name}: stopped")
         self.running.clear()
-
-
-def consumer_group_assigned(
-    bootstrap_servers: str, group: str, *, member_client_id: str | None = None, **security: Any
-) -> bool:
-    """True when the consumer group is stable with partitions assigned to a member (to the
-    member with `member_client_id`, when given); `security` are admin client settings."""
-    admin = None
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers, request_timeout_ms=3000, **security
-        )
-        description = admin.describe_groups([group]).get(group) or {}
-        if description.get("group_state") != "Stable":
-            return False
-        return any(
-            (member.get("member_assignment") or {}).get("assigned_partitions")
-            for member in description.get("members", [])
-            if member_client_id is None or member.get("client_id") == member_client_id
-        )
-    except Exception:
-        return False
-    finally:
-        if admin is not None:
-            with contextlib.suppress(Exception):
-                admin.close()

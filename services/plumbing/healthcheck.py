@@ -15,6 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -56,13 +57,22 @@ def grpc_serving(
     return None
 
 
-def group_assigned(bootstrap_servers: str, group: str, timeout: float) -> str | None:
-    """None when consumer group `group` is stable with partitions assigned, else why not."""
+def group_assigned(
+    bootstrap_servers: str,
+    group: str,
+    timeout: float,
+    *,
+    member_client_id: str | None = None,
+    client_settings: dict[str, Any] | None = None,
+) -> str | None:
+    """None when consumer group `group` is stable with partitions assigned (to the member with
+    `member_client_id`, when given), else why not. `client_settings` are the admin client's
+    security settings; this process's own by default."""
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap_servers,
             request_timeout_ms=int(timeout * 1000),
-            **security_settings(),
+            **(security_settings() if client_settings is None else client_settings),
         )
     except KafkaError as error:
         return f"{bootstrap_servers}: {type(error).__name__}"
@@ -78,8 +88,10 @@ def group_assigned(bootstrap_servers: str, group: str, timeout: float) -> str | 
     if not any(
         (member.get("member_assignment") or {}).get("assigned_partitions")
         for member in description.get("members", [])
+        if member_client_id is None or member.get("client_id") == member_client_id
     ):
-        return f"group {group} has no partitions assigned"
+        whose = f" to {member_client_id}" if member_client_id else ""
+        return f"group {group} has no partitions assigned{whose}"
     return None
 
 

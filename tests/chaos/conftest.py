@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.broker import EmbeddedKafka, Progress, free_port
+from devstack.broker import EmbeddedKafka, Progress, free_port, free_port_pair
 from devstack.stack import ServiceStack
 from plumbing import topics
 from referral.domain.policy import Policy, load_default_policy
@@ -37,21 +37,13 @@ class ChaosSystem:
         return self.broker.bootstrap_servers
 
 
-def _two_free_ports() -> tuple[int, int]:
-    port = free_port()
-    controller_port = free_port()
-    while controller_port == port:
-        controller_port = free_port()
-    return port, controller_port
-
-
 @pytest.fixture(scope="module")
 def chaos_system(
     tmp_path_factory: pytest.TempPathFactory, kafka_progress: Progress
 ) -> Iterator[ChaosSystem]:
     """A private broker (restartable on the same data dir) and every service against it."""
     base = tmp_path_factory.mktemp("chaos")
-    port, controller_port = _two_free_ports()
+    port, controller_port = free_port_pair()
     broker = EmbeddedKafka(
         base / "kafka", port, controller_port, project_root=PROJECT_ROOT, progress=kafka_progress
     )

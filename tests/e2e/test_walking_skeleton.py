@@ -173,7 +173,8 @@ def test_refctl_submits_a_json_file_and_tails_a_partner_inbox(
         "uscg",
         "--from-beginning",
         "--timeout",
-        "2",
+        # Idle seconds before tail exits: generous, as its first fetch can be slow on a busy box.
+        "5",
         "--bootstrap-servers",
         running_system.bootstrap_servers,
     )

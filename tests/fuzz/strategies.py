@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 from ctroute.partner.v1 import delivery_pb2
@@ -1097,3 +1098,21 @@ def partner_records(
         return topics.inbox(partner), draw(by_partner[partner])
 
     return build()
+
+
+def fuzz_settings(examples: int) -> settings:
+    """Hypothesis settings of every fuzz test: `examples` inputs, the same ones on every run
+    (CI is deterministic), no example database, no health check that slow inputs would fail."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+            HealthCheck.large_base_example,
+        ],
+    )

@@ -30,7 +30,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from hypothesis import HealthCheck, Phase, event, example, given, settings
+from hypothesis import Phase, event, example, given, settings
 
 from ctroute.referral.v1 import intake_pb2
 from devstack.fuzz import (
@@ -54,19 +54,7 @@ THROUGH_SERVER_EXAMPLES = 500
 TRANSPORT_LIMIT = 4 * 1024 * 1024
 RPC_TIMEOUT_S = 20.0
 
-FUZZ = settings(
-    max_examples=IN_PROCESS_EXAMPLES,
-    deadline=None,
-    derandomize=True,  # the same inputs on every run: CI is deterministic
-    database=None,
-    phases=[Phase.explicit, Phase.generate, Phase.shrink],
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.filter_too_much,
-        HealthCheck.large_base_example,
-    ],
-)
+FUZZ = strategies.fuzz_settings(IN_PROCESS_EXAMPLES)
 
 
 def test_every_request_is_rejected_cleanly_or_published_exactly_once() -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import Phase, event, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -50,19 +50,7 @@ POISONED_INBOXES = (topics.inbox("hsi"), topics.inbox("hsi-vap"))
 """One inbox of each downstream service: enforcement serves hsi, victim services hsi-vap."""
 BROKER_TIMEOUT_S = 120.0
 
-FUZZ = settings(
-    max_examples=IN_PROCESS_EXAMPLES,
-    deadline=None,
-    derandomize=True,  # the same records on every run: CI is deterministic
-    database=None,
-    phases=[Phase.explicit, Phase.generate, Phase.shrink],
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.filter_too_much,
-        HealthCheck.large_base_example,
-    ],
-)
+FUZZ = strategies.fuzz_settings(IN_PROCESS_EXAMPLES)
 PARTITIONS = st.integers(0, topics.PARTITIONS - 1)
 OFFSETS = st.one_of(st.integers(0, 10), st.integers(0, 2**63 - 1))
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient
 
-from devstack.broker import EmbeddedKafka, Progress
+from devstack.broker import EmbeddedKafka, Progress, free_port_pair
 from devstack.credentials import Credential, provision_services
 from plumbing import topics
 from refctl.__main__ import main as refctl
-from tests.conftest import PROJECT_ROOT, _two_free_ports
+from tests.conftest import PROJECT_ROOT
 
 SYSTEM_PARTNERS = ["hsi", "hsi-vap", "ccht"]
 """Partners whose topics exist from the start (served by the desks, as in `make run`)."""
@@ -54,7 +54,7 @@ class SecureKafka:
 def secure_kafka(
     tmp_path_factory: pytest.TempPathFactory, kafka_progress: Progress
 ) -> Iterator[SecureKafka]:
-    port, controller_port = _two_free_ports()
+    port, controller_port = free_port_pair()
     broker = EmbeddedKafka(
         tmp_path_factory.mktemp("kafka-sasl"),
         port,
